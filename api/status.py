@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import Field
-
 from kuberl.api.base import StatusModel
+from pydantic import Field
 
 
 class Phase(StrEnum):

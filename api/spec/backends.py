@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import Field
-
 from kuberl.api.base import SpecModel
+from pydantic import Field
 
 
 class TrainerBackend(StrEnum):

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from pydantic import Field
-
 from kuberl.api.base import SpecModel
+from pydantic import Field
 
 
 class CheckpointSpec(SpecModel):

@@ -5,9 +5,8 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from pydantic import Field
-
 from kuberl.api.base import SpecModel
+from pydantic import Field
 
 
 class GpuType(StrEnum):
