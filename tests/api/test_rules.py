@@ -28,7 +28,7 @@ def _all_rules() -> dict[str, tuple[str, Any]]:
     def visit(cls: type[SpecModel], path: str) -> None:
         for rule in cls.RULES:
             out[rule.id] = (path, rule)
-        for name, field in cls.model_fields.items():
+        for field in cls.model_fields.values():
             ann = field.annotation
             if isinstance(ann, type) and issubclass(ann, SpecModel):
                 visit(ann, f"{path}.{field.alias}")
