@@ -1,0 +1,32 @@
+# The two commands a newcomer needs:
+#   make demo   - set up everything and run a small RLTrainingJob locally (CPU, small model, real GRPO)
+#   make test   - set up everything (Python env, Kubernetes binaries, helm, Prometheus) and run all tests
+.PHONY: demo test test-fast lint crd setup cluster-binaries tools
+
+PYTEST_ARGS ?=
+
+setup:
+	hack/setup-python.sh
+
+demo: setup
+	.venv/bin/kuberl train examples/local-tiny-grpo.yaml
+
+cluster-binaries:
+	hack/cluster/build.sh
+
+tools:
+	hack/install-tools.sh
+
+test: setup cluster-binaries tools
+	.venv/bin/ruff check .
+	.venv/bin/pytest $(PYTEST_ARGS)
+
+# Unit tests only: no control plane, no Prometheus.
+test-fast: setup
+	KUBERL_SKIP_CLUSTER=1 .venv/bin/pytest -m "not cluster and not slow" $(PYTEST_ARGS)
+
+lint: setup
+	.venv/bin/ruff check .
+
+crd: setup
+	.venv/bin/kuberl crd --write
