@@ -11,7 +11,7 @@ from kuberl.cli.main import main
 from kuberl.errors import SpecError
 from tests.api.cases import BAD_CASES, EXAMPLES, BadCase, valid_manifest
 
-EXAMPLE_FILES = sorted(EXAMPLES.glob("*.yaml"))
+EXAMPLE_FILES = sorted(p for p in EXAMPLES.rglob("*.yaml") if "build" not in p.parts)
 
 
 @pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.name)
