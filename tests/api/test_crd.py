@@ -58,3 +58,11 @@ def test_transition_rules_guard_immutable_groups_but_not_num_rollout() -> None:
     assert "x-kubernetes-validations" not in rollout["numRollout"]
     assert any(r["rule"] == "self == oldSelf" for r in rollout["batchSize"]["x-kubernetes-validations"])
     assert "x-kubernetes-validations" not in spec["properties"]["suspend"]
+
+
+def test_api_reference_doc_matches_models() -> None:
+    from kuberl.api.reference import REFERENCE_PATH, render_reference
+
+    assert REFERENCE_PATH.read_text() == render_reference(), (
+        "docs/api-reference.md drifted: run `python -m kuberl.api.reference`"
+    )
