@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import torch
-
 from kuberl.worker.train.batch import TrainSample
 
 
