@@ -1,0 +1,77 @@
+"""Where trainer ranks and rollout engines run: a pure plan of Ray bundles, then the placement groups.
+
+In a cluster each trainer rank gets one GPU on a trainer pod and each engine ``gpusPerEngine`` GPUs on a
+rollout pod (or, colocated, the same GPUs as the trainer, taking turns). Locally everything gets CPU
+bundles, so the same driver code path runs on a laptop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kuberl.ray_resources import ROLLOUT_RESOURCE, TRAINER_RESOURCE
+
+
+@dataclass(frozen=True)
+class PlacementPlan:
+    """Bundles for one placement group per role (one bundle per trainer rank / per engine)."""
+
+    trainer_bundles: list[dict[str, float]]
+    rollout_bundles: list[dict[str, float]]
+    colocate: bool
+    strategy: str  # PACK keeps a role's bundles together (TP/NVLink); SPREAD is unused today
+
+    @property
+    def num_trainer_ranks(self) -> int:
+        return len(self.trainer_bundles)
+
+    @property
+    def num_engines(self) -> int:
+        return len(self.rollout_bundles)
+
+
+def plan_placement(config: Any, *, use_gpus: bool) -> PlacementPlan:
+    """Return the placement plan for a resolved worker config.
+
+    ``use_gpus`` is False for local CPU runs: one trainer rank (the torch backend is single-process) and one
+    CPU per engine. With GPUs, ranks = actor GPUs; engines = rollout GPUs / gpusPerEngine.
+    """
+    if not use_gpus:
+        trainer = [{"CPU": 1.0}]
+        rollout = [{"CPU": 1.0} for _ in range(max(1, config.num_engines))]
+        return PlacementPlan(trainer, rollout, config.colocate, "PACK")
+    trainer = [{"GPU": 1.0, "CPU": 1.0, TRAINER_RESOURCE: 1.0} for _ in range(config.actor_num_gpus)]
+    if config.colocate:
+        # Engines reuse the trainer's GPUs: fractional shares on the same bundles' pods.
+        rollout = [
+            {"GPU": 0.0, "CPU": 1.0, TRAINER_RESOURCE: 0.01} for _ in range(config.num_engines)
+        ]
+    else:
+        rollout = [
+            {"GPU": float(config.gpus_per_engine), "CPU": 1.0,
+             ROLLOUT_RESOURCE: float(config.gpus_per_engine)}
+            for _ in range(config.num_engines)
+        ]
+    return PlacementPlan(trainer, rollout, config.colocate, "PACK")
+
+
+def create_placement_groups(plan: PlacementPlan, timeout_s: float = 600.0) -> dict[str, Any]:
+    """Reserve the plan's bundles in Ray; raise with the missing resources if they never fit."""
+    import ray
+    from ray.util.placement_group import placement_group
+
+    groups = {
+        "trainer": placement_group(plan.trainer_bundles, strategy=plan.strategy, name="kuberl-trainer"),
+        "rollout": placement_group(plan.rollout_bundles, strategy=plan.strategy, name="kuberl-rollout"),
+    }
+    ready, _ = ray.wait([g.ready() for g in groups.values()], num_returns=2, timeout=timeout_s)
+    if len(ready) < 2:
+        from kuberl.errors import KuberlError
+
+        raise KuberlError(
+            f"Ray could not place the job within {timeout_s:.0f}s: asked for trainer "
+            f"{plan.trainer_bundles} and rollout {plan.rollout_bundles}, cluster has "
+            f"{ray.cluster_resources()}; check spec.placement against the pods' GPUs"
+        )
+    return groups

@@ -1,0 +1,229 @@
+"""The torch trainer backend: a Hugging Face causal LM on CPU or one GPU.
+
+It is the reference implementation of ``TrainerBackend``: micro-batches come from the packer (dynamic batch
+size) or a fixed micro-batch size, each micro-batch is right-padded, and every loss term is a partial sum
+divided by a normaliser computed once for the whole step, so how samples are packed never changes the
+loss or the gradients.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from kuberl.worker.algo import losses
+from kuberl.worker.algo.packing import pack_micro_batches
+from kuberl.worker.train.batch import TrainSample
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TorchBackendConfig:
+    """The slice of the resolved worker config this backend reads."""
+
+    hf_checkpoint: str
+    algorithm: dict[str, Any]
+    optimizer: dict[str, Any]
+    micro_batch_size: int = 1
+    use_dynamic_batch_size: bool = False
+    max_tokens_per_gpu: int | None = None
+    log_probs_max_tokens_per_gpu: int | None = None
+    ref_load: str | None = None
+    device: str = "auto"
+    num_rollout: int | None = None
+    num_steps_per_rollout: int = 1
+
+    @classmethod
+    def from_worker_config(cls, config: Any) -> TorchBackendConfig:
+        return cls(
+            hf_checkpoint=config.hf_checkpoint,
+            algorithm=dict(config.algorithm),
+            optimizer=dict(config.optimizer),
+            micro_batch_size=config.micro_batch_size,
+            use_dynamic_batch_size=config.use_dynamic_batch_size,
+            max_tokens_per_gpu=config.max_tokens_per_gpu,
+            log_probs_max_tokens_per_gpu=config.log_probs_max_tokens_per_gpu,
+            ref_load=config.ref_load,
+            device=config.device,
+            num_rollout=config.num_rollout,
+            num_steps_per_rollout=config.num_steps_per_rollout,
+        )
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+def lr_lambda(optimizer: dict[str, Any], total_steps: int | None):
+    """Return the LR multiplier schedule: linear warm-up, then constant, linear or cosine decay."""
+    warmup = int(optimizer.get("lr_warmup_iters", 0))
+    style = optimizer.get("lr_decay_style", "constant")
+    floor = optimizer.get("min_lr", 0.0) / optimizer["lr"]
+
+    def schedule(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if style == "constant" or not total_steps:
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        if style == "linear":
+            return floor + (1 - floor) * (1 - progress)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return schedule
+
+
+class TorchBackend:
+    """One-process trainer: policy, optional frozen reference, optimizer and LR schedule."""
+
+    def __init__(self, config: TorchBackendConfig) -> None:
+        from transformers import AutoModelForCausalLM
+
+        self.config = config
+        self.device = pick_device(config.device)
+        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.model = AutoModelForCausalLM.from_pretrained(config.hf_checkpoint, dtype=dtype)
+        self.model.to(self.device).train()
+        algo = config.algorithm
+        self.ref_model = None
+        if algo.get("use_kl_loss") and algo.get("kl_loss_coef", 0.0) > 0:
+            source = config.ref_load if config.ref_load and Path(config.ref_load).is_dir() else None
+            self.ref_model = AutoModelForCausalLM.from_pretrained(
+                source or config.hf_checkpoint, dtype=dtype
+            ).to(self.device).eval()
+            self.ref_model.requires_grad_(False)
+        opt = config.optimizer
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if opt["type"] == "sgd":
+            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
+                params, lr=opt["lr"], weight_decay=opt["weight_decay"]
+            )
+        else:
+            self.optimizer = torch.optim.AdamW(
+                params, lr=opt["lr"], betas=(opt["adam_beta1"], opt["adam_beta2"]),
+                eps=opt["adam_eps"], weight_decay=opt["weight_decay"],
+            )
+        total = (config.num_rollout or 0) * config.num_steps_per_rollout or None
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(opt, total))
+        self.steps = 0
+
+    # ---- micro-batching -------------------------------------------------------------------------
+    def _micro_batches(self, samples: Sequence[TrainSample], budget: int | None) -> list[list[int]]:
+        lengths = [s.num_tokens for s in samples]
+        if self.config.use_dynamic_batch_size and budget:
+            return pack_micro_batches(lengths, budget)
+        size = self.config.micro_batch_size
+        return [list(range(i, min(i + size, len(samples)))) for i in range(0, len(samples), size)]
+
+    def _forward(
+        self, model: torch.nn.Module, samples: Sequence[TrainSample], with_entropy: bool
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+        """Right-pad one micro-batch; return per-sample response logprobs (R,) and entropies (R,)."""
+        B = len(samples)
+        T = max(s.num_tokens for s in samples)
+        input_ids = torch.zeros(B, T, dtype=torch.long)
+        attention = torch.zeros(B, T, dtype=torch.long)
+        for i, s in enumerate(samples):
+            input_ids[i, : s.num_tokens] = torch.tensor(s.tokens)
+            attention[i, : s.num_tokens] = 1
+        input_ids, attention = input_ids.to(self.device), attention.to(self.device)
+        logits = model(input_ids=input_ids, attention_mask=attention).logits.float()  # (B, T, V)
+        logprobs, entropies = [], [] if with_entropy else None
+        for i, s in enumerate(samples):
+            # Token t is predicted by position t-1: response tokens P..P+R-1 use logits P-1..P+R-2.
+            resp_logits = logits[i, s.prompt_len - 1 : s.num_tokens - 1]  # (R, V)
+            targets = input_ids[i, s.prompt_len : s.num_tokens]  # (R,)
+            log_softmax = F.log_softmax(resp_logits, dim=-1)
+            logprobs.append(log_softmax.gather(-1, targets[:, None]).squeeze(-1))
+            if entropies is not None:
+                entropies.append(-(log_softmax.exp() * log_softmax).sum(-1))
+        return logprobs, entropies
+
+    # ---- protocol ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def compute_logprobs(
+        self, samples: Sequence[TrainSample], *, reference: bool = False
+    ) -> list[list[float]]:
+        model = self.ref_model if reference else self.model
+        if model is None:
+            raise RuntimeError("no reference model loaded (algorithm.useKlLoss is off)")
+        out: list[list[float]] = [[] for _ in samples]
+        budget = self.config.log_probs_max_tokens_per_gpu or self.config.max_tokens_per_gpu
+        for group in self._micro_batches(samples, budget):
+            lps, _ = self._forward(model, [samples[i] for i in group], with_entropy=False)
+            for i, lp in zip(group, lps, strict=True):
+                out[i] = lp.cpu().tolist()
+        return out
+
+    def train_step(self, samples: Sequence[TrainSample]) -> dict[str, float]:
+        algo = self.config.algorithm
+        normalizer = losses.LossNormalizer.from_masks(
+            [s.loss_mask for s in samples], per_token=algo["calculate_per_token_loss"]
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        totals: dict[str, float] = {}
+        with_entropy = True  # logged always; enters the loss only with entropyCoef > 0
+        for group in self._micro_batches(samples, self.config.max_tokens_per_gpu):
+            mb = [samples[i] for i in group]
+            logprobs, entropies = self._forward(self.model, mb, with_entropy)
+            loss, terms = losses.grpo_loss_sum(
+                logprobs=logprobs,
+                old_logprobs=[torch.tensor(s.old_logprobs if s.old_logprobs is not None
+                                           else s.rollout_logprobs) for s in mb],
+                advantages=[torch.tensor(s.advantages) for s in mb],
+                loss_masks=[torch.tensor(s.loss_mask, dtype=torch.float32) for s in mb],
+                rollout_logprobs=[torch.tensor(s.rollout_logprobs) for s in mb],
+                ref_logprobs=[torch.tensor(s.ref_logprobs) for s in mb]
+                if all(s.ref_logprobs is not None for s in mb) else None,
+                entropies=entropies,
+                normalizer=normalizer,
+                algorithm=algo,
+                device=self.device,
+            )
+            loss.backward()
+            for key, value in terms.items():
+                totals[key] = totals.get(key, 0.0) + float(value)
+        clip = self.config.optimizer.get("clip_grad", 0.0)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.steps += 1
+        metrics = {f"train/{k}": v for k, v in totals.items()}
+        metrics["train/grad_norm"] = float(grad_norm)
+        metrics["train/lr"] = self.scheduler.get_last_lr()[0]
+        return metrics
+
+    def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        for name, tensor in self.model.state_dict().items():
+            yield name, tensor.detach()
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(directory / "model")
+        torch.save(
+            {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+             "steps": self.steps},
+            directory / "optimizer.pt",
+        )
+
+    def load(self, directory: Path) -> None:
+        from transformers import AutoModelForCausalLM
+
+        loaded = AutoModelForCausalLM.from_pretrained(directory / "model", dtype=self.model.dtype)
+        self.model.load_state_dict(loaded.state_dict())
+        state_file = directory / "optimizer.pt"
+        if state_file.exists():
+            state = torch.load(state_file, weights_only=False)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.steps = state["steps"]
