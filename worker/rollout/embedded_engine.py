@@ -1,0 +1,537 @@
+"""An HTTP server around a Hugging Face causal LM that speaks SGLang's native API (sglang-api.md §9).
+
+Local runs and CPU tests use it where production runs real SGLang, so the worker's rollout code is
+the same in both. Launch: ``python -m kuberl.worker.rollout.embedded_engine --model-path DIR --port N``.
+Unknown ``--flags`` (SGLang server arguments) are accepted and ignored, so one launcher serves both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from aiohttp import web
+from kuberl.worker.rollout.sampling import SamplingParams, SamplingParamsError
+from kuberl.worker.rollout.scheduler import GenerationRequest, Scheduler
+from kuberl.worker.rollout.tensor_payload import decode_named_tensors
+
+log = logging.getLogger(__name__)
+VERSION = "kuberl-embedded-0.1"
+HEALTH_TIMEOUT_S = 20.0
+
+
+@dataclass
+class EngineArgs:
+    model_path: str
+    host: str = "127.0.0.1"
+    port: int = 30000
+    weight_version: str = "default"
+    random_seed: int = 0
+    context_length: int | None = None
+    max_running_requests: int = 256
+    device: str = "cpu"
+    dtype: str = "float32"
+    api_key: str | None = None
+    served_model_name: str | None = None
+
+
+def _error(message: str, status: int = 400) -> web.Response:
+    return web.json_response({"error": {"message": message}}, status=status)
+
+
+def _bad_request(message: str) -> web.Response:
+    body = {"object": "error", "message": message, "type": "Bad Request", "param": None, "code": 400}
+    return web.json_response(body, status=400)
+
+
+async def _json_body(request: web.Request, required: bool) -> dict[str, Any]:
+    text = await request.text()
+    if not text.strip():
+        if required:
+            raise web.HTTPBadRequest(text=json.dumps({"error": "a JSON body is required"}),
+                                     content_type="application/json")
+        return {}
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise web.HTTPBadRequest(text=json.dumps({"error": f"invalid JSON: {e}"}),
+                                 content_type="application/json") from e
+    return body if isinstance(body, dict) else {"_list": body}
+
+
+class EmbeddedEngine:
+    """Model, tokenizer, step loop and the aiohttp application that exposes them."""
+
+    def __init__(self, args: EngineArgs) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.args = args
+        dtype = getattr(torch, args.dtype)
+        self.model = AutoModelForCausalLM.from_pretrained(args.model_path, dtype=dtype)
+        self.model.to(args.device).eval()
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(args.model_path)
+        except Exception:  # a model directory without a tokenizer still serves input_ids
+            self.tokenizer = None
+        cfg = self.model.config
+        self.context_len = args.context_length or int(getattr(cfg, "max_position_embeddings", 4096))
+        eos = self.model.generation_config.eos_token_id
+        if eos is None:
+            eos = cfg.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        self.scheduler = Scheduler(
+            self.model, eos_ids, self._decode if self.tokenizer else None,
+            weight_version=args.weight_version, max_running_requests=args.max_running_requests,
+            seed=args.random_seed,
+        )
+        self.started = time.time()
+
+    def _decode(self, ids: list[int], skip_special: bool) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=skip_special) if self.tokenizer else ""
+
+    # ---- application -----------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=1 << 30, middlewares=[self._auth])
+        r = app.router
+        r.add_route("POST", "/generate", self.generate)
+        r.add_route("PUT", "/generate", self.generate)
+        r.add_post("/abort_request", self.abort_request)
+        r.add_post("/pause_generation", self.pause_generation)
+        r.add_post("/continue_generation", self.continue_generation)
+        r.add_post("/update_weights_from_disk", self.update_weights_from_disk)
+        r.add_post("/update_weights_from_tensor", self.update_weights_from_tensor)
+        r.add_post("/update_weight_version", self.update_weight_version)
+        for path, handler in (
+            ("/get_weights_by_name", self.get_weights_by_name),
+            ("/flush_cache", self.flush_cache),
+            ("/release_memory_occupation", self.memory_occupation),
+            ("/resume_memory_occupation", self.memory_occupation),
+        ):
+            r.add_get(path, handler)
+            r.add_post(path, handler)
+        for path, handler in (
+            ("/health", self.health), ("/ready", self.health), ("/health_generate", self.health_generate),
+            ("/model_info", self.model_info), ("/get_model_info", self.model_info),
+            ("/server_info", self.server_info), ("/get_server_info", self.server_info),
+            ("/v1/models", self.models), ("/metrics", self.metrics), ("/version", self.version),
+        ):
+            r.add_get(path, handler)
+        app.on_startup.append(lambda _app: self._start())
+        app.on_cleanup.append(lambda _app: self._stop())
+        return app
+
+    async def _start(self) -> None:
+        if not self.scheduler._thread.is_alive():
+            self.scheduler.start()
+
+    async def _stop(self) -> None:
+        await asyncio.to_thread(self.scheduler.stop)
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler):
+        key = self.args.api_key
+        if key and request.headers.get("Authorization") != f"Bearer {key}":
+            return web.json_response({"error": "Unauthorized"}, status=401)
+        return await handler(request)
+
+    # ---- generation ------------------------------------------------------------------------
+    async def generate(self, request: web.Request) -> web.StreamResponse:
+        body = await _json_body(request, required=True)
+        try:
+            items, single = self._parse_generate(body)
+        except SamplingParamsError as e:
+            return _error(str(e))
+        except _SchemaError as e:
+            return web.json_response({"error": str(e)}, status=400)
+        except (TypeError, ValueError) as e:
+            return _bad_request(str(e))
+        for req in items:
+            if (msg := self._length_error(req)) is not None:
+                return _error(msg)
+        loop = asyncio.get_running_loop()
+        if body.get("stream"):
+            return await self._stream(request, items, loop, body)
+        futures = [self._submit(req, loop, None) for req in items]
+        try:
+            await asyncio.gather(*futures)
+        except asyncio.CancelledError:  # client went away: free the slots
+            for req in items:
+                self.scheduler.abort(req.rid, abort_all=False)
+            raise
+        outs = [self._output(req, body) for req in items]
+        return web.json_response(outs[0] if single else outs)
+
+    def _submit(self, req: GenerationRequest, loop, queue: asyncio.Queue | None) -> asyncio.Future:
+        done = loop.create_future()
+
+        def on_update(r: GenerationRequest, finished: bool) -> None:
+            if queue is not None:
+                loop.call_soon_threadsafe(queue.put_nowait, (r, finished))
+            if finished:
+                loop.call_soon_threadsafe(lambda: done.done() or done.set_result(r))
+
+        req.on_update = on_update
+        self.scheduler.submit(req)
+        return done
+
+    async def _stream(self, request, items, loop, body) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        queue: asyncio.Queue = asyncio.Queue()
+        for req in items:
+            self._submit(req, loop, queue)
+        remaining = len(items)
+        while remaining:
+            req, finished = await queue.get()
+            remaining -= int(finished)
+            chunk = self._output(req, body)
+            await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    def _parse_generate(self, body: dict[str, Any]) -> tuple[list[GenerationRequest], bool]:
+        ids, text = body.get("input_ids"), body.get("text")
+        if ids is None and text is None:
+            raise _SchemaError("Either text or input_ids should be provided.")
+        if ids is None:
+            if self.tokenizer is None:
+                raise _SchemaError("text input needs a tokenizer in the model directory")
+            texts = [text] if isinstance(text, str) else list(text)
+            ids = [self.tokenizer.encode(t, add_special_tokens=False) for t in texts]
+            single = isinstance(text, str)
+        else:
+            single = not (ids and isinstance(ids[0], list))
+            ids = [ids] if single else ids
+        ids = [[int(t) for t in seq] for seq in ids]
+        raw_params = body.get("sampling_params") or {}
+        params = [
+            SamplingParams.from_json(raw_params[i] if isinstance(raw_params, list) else raw_params)
+            for i in range(len(ids))
+        ]
+        rids = body.get("rid")
+        rids = [rids] if isinstance(rids, str) else list(rids or [])
+        if rids and len(rids) != len(ids):
+            raise _SchemaError(f"rid has {len(rids)} entries but there are {len(ids)} inputs")
+        rids = rids or [uuid.uuid4().hex for _ in ids]
+        items = []
+        for seq, p, rid in zip(ids, params, rids, strict=True):
+            for k in range(p.n):
+                items.append(GenerationRequest(
+                    rid=rid if p.n == 1 else f"{rid}-{k}", input_ids=seq, params=p,
+                    return_logprob=bool(body.get("return_logprob")),
+                    logprob_start_len=int(body.get("logprob_start_len", -1)),
+                ))
+        return items, single and len(items) == 1
+
+    def _length_error(self, req: GenerationRequest) -> str | None:
+        n, limit = len(req.input_ids), self.context_len
+        if n == 0:
+            return "The input_ids is empty."
+        if n >= limit:
+            return (f"The input ({n} tokens) is longer than the model's context length "
+                    f"({limit} tokens).")
+        if n + req.params.max_new_tokens > limit:
+            return (f"Requested token count exceeds the model's maximum context length of {limit} "
+                    f"tokens. You requested a total of {n + req.params.max_new_tokens} tokens: {n} "
+                    f"tokens from the input messages and {req.params.max_new_tokens} tokens for the "
+                    "completion. Please reduce the number of tokens in the input messages or the "
+                    "completion to fit within the limit.")
+        return None
+
+    def _output(self, req: GenerationRequest, body: dict[str, Any]) -> dict[str, Any]:
+        p = req.params
+        text = self._decode(req.output_ids, p.skip_special_tokens)
+        reason = req.finish_reason
+        matched = (reason or {}).get("matched")
+        if isinstance(matched, str) and not p.no_stop_trim and matched in text:
+            text = text[: text.find(matched)]
+        meta: dict[str, Any] = {
+            "id": req.rid,
+            "finish_reason": reason,
+            "prompt_tokens": len(req.input_ids),
+            "completion_tokens": len(req.output_ids),
+            "cached_tokens": 0,
+            "weight_version": self.scheduler.weight_version,
+            "e2e_latency": time.monotonic() - req.created,
+        }
+        if len(req.weight_versions) > 1:
+            meta["weight_versions"] = [dict(s) for s in req.weight_versions]
+        if req.return_logprob:
+            with_text = bool(body.get("return_text_in_logprobs"))
+
+            def triple(lp, tok):
+                return [lp, tok, self._decode([tok], False) if with_text else None]
+
+            meta["output_token_logprobs"] = [
+                triple(lp, t) for lp, t in zip(req.output_logprobs, req.output_ids, strict=True)
+            ]
+            meta["output_token_logprobs_length"] = len(req.output_ids)
+            if req.logprob_start_len >= 0:
+                toks = req.input_ids[req.logprob_start_len:]
+                meta["input_token_logprobs"] = [
+                    triple(lp, t) for lp, t in zip(req.input_logprobs, toks, strict=False)
+                ]
+        return {"text": text, "output_ids": list(req.output_ids), "meta_info": meta}
+
+    # ---- control ---------------------------------------------------------------------------
+    async def abort_request(self, request: web.Request) -> web.Response:
+        body = await _json_body(request, required=False)
+        self.scheduler.abort(str(body.get("rid") or ""), bool(body.get("abort_all")))
+        return web.Response(status=200)
+
+    async def pause_generation(self, request: web.Request) -> web.Response:
+        body = await _json_body(request, required=True)
+        mode = body.get("mode", "abort")
+        if mode not in ("abort", "in_place", "retract"):
+            return _error(f"mode must be one of abort, in_place, retract; got {mode!r}")
+        await asyncio.wrap_future(self.scheduler.pause(mode))
+        return web.json_response({"message": "Generation paused successfully.", "status": "ok"})
+
+    async def continue_generation(self, request: web.Request) -> web.Response:
+        await _json_body(request, required=True)
+        await asyncio.wrap_future(self.scheduler.resume())
+        return web.json_response({"message": "Generation continued successfully.", "status": "ok"})
+
+    async def _update(self, named: list[tuple[str, torch.Tensor]], body: dict[str, Any]):
+        version = body.get("weight_version")
+        fut = self.scheduler.update_weights(
+            lambda: assign_weights(self.model, named),
+            None if version is None else str(version),
+            bool(body.get("abort_all_requests", False)),
+        )
+        try:
+            await asyncio.wrap_future(fut)
+        except (ValueError, KeyError, RuntimeError) as e:
+            return web.json_response({"success": False, "message": str(e)}, status=400)
+        return web.json_response(
+            {"success": True, "message": "Succeeded to update model weights.", "num_paused_requests": 0}
+        )
+
+    async def update_weights_from_disk(self, request: web.Request) -> web.Response:
+        body = await _json_body(request, required=True)
+        try:
+            named = await asyncio.to_thread(load_checkpoint_tensors, str(body.get("model_path") or ""))
+        except (OSError, ValueError) as e:
+            return web.json_response({"success": False, "message": str(e)}, status=400)
+        return await self._update(named, body)
+
+    async def update_weights_from_tensor(self, request: web.Request) -> web.Response:
+        body = await _json_body(request, required=True)
+        if body.get("load_format") not in (None, "direct"):
+            return web.json_response({"success": False, "message": (
+                f"load_format {body.get('load_format')!r} is not supported by the embedded engine; "
+                "send load_format null with torch.save payloads")}, status=400)
+        try:
+            payloads = list(body.get("serialized_named_tensors") or [])
+            if len(payloads) != 1:
+                raise ValueError(f"expected 1 serialized_named_tensors entry (tp_size 1), got {len(payloads)}")
+            named = decode_named_tensors(payloads[0])
+        except ValueError as e:
+            return web.json_response({"success": False, "message": str(e)}, status=400)
+        return await self._update(named, body)
+
+    async def update_weight_version(self, request: web.Request) -> web.Response:
+        body = await _json_body(request, required=True)
+        version = str(body.get("new_version"))
+        await asyncio.wrap_future(self.scheduler.update_weights(
+            lambda: None, version, bool(body.get("abort_all_requests", True))))
+        return web.json_response({"success": True, "message": "ok", "new_version": version})
+
+    async def get_weights_by_name(self, request: web.Request) -> web.Response:
+        body = await _json_body(request, required=False) if request.method == "POST" else {}
+        name = body.get("name") or request.query.get("name")
+        size = int(body.get("truncate_size") or request.query.get("truncate_size") or 100)
+        params = dict(self.model.named_parameters())
+        if name not in params:
+            return _error(f"no parameter named {name!r}")
+        return web.json_response(params[name].detach().float().cpu()[:size].tolist())
+
+    async def flush_cache(self, request: web.Request) -> web.Response:
+        if await asyncio.wrap_future(self.scheduler.is_busy()):
+            return web.Response(status=400, text="Cache not flushed because there are pending requests.")
+        return web.Response(status=200, text="Cache flushed.\n")
+
+    async def memory_occupation(self, request: web.Request) -> web.Response:
+        """Accepted for protocol parity (there is no GPU memory to release); idle check enforced."""
+        if await asyncio.wrap_future(self.scheduler.is_busy()):
+            return _error("the engine must be idle (pause first) to release or resume memory")
+        return web.json_response(None)
+
+    # ---- health and info -------------------------------------------------------------------
+    async def health(self, request: web.Request) -> web.Response:
+        return web.Response(status=200 if self.scheduler.alive else 503)
+
+    async def health_generate(self, request: web.Request) -> web.Response:
+        s = self.scheduler
+        if not s.alive:
+            return web.Response(status=503)
+        if time.monotonic() - s.last_output_time < 1.0 or s.stats()["paused"]:
+            return web.Response(status=200)
+        req = GenerationRequest(rid=f"HEALTH_CHECK_{uuid.uuid4().hex}", input_ids=[0],
+                                params=SamplingParams(max_new_tokens=1, temperature=0.0))
+        try:
+            await asyncio.wait_for(self._submit(req, asyncio.get_running_loop(), None), HEALTH_TIMEOUT_S)
+        except TimeoutError:
+            s.abort(req.rid, abort_all=False)
+            return web.Response(status=503)
+        return web.Response(status=200)
+
+    def _served_name(self) -> str:
+        return self.args.served_model_name or self.args.model_path
+
+    async def model_info(self, request: web.Request) -> web.Response:
+        cfg = self.model.config
+        return web.json_response({
+            "model_path": self.args.model_path, "tokenizer_path": self.args.model_path,
+            "served_model_name": self._served_name(), "is_generation": True,
+            "preferred_sampling_params": None, "weight_version": self.scheduler.weight_version,
+            "load_format": "auto", "reasoning_parser": None, "tool_call_parser": None,
+            "disaggregation_mode": "null", "model_type": cfg.model_type,
+            "architectures": list(getattr(cfg, "architectures", None) or []),
+        })
+
+    async def server_info(self, request: web.Request) -> web.Response:
+        a = self.args
+        return web.json_response({
+            "model_path": a.model_path, "host": a.host, "port": a.port, "tp_size": 1, "dp_size": 1,
+            "random_seed": a.random_seed, "context_length": self.context_len,
+            "max_running_requests": a.max_running_requests, "device": a.device, "dtype": a.dtype,
+            "weight_version": self.scheduler.weight_version, "version": VERSION,
+            "internal_states": [self.scheduler.stats()], "startup_time": self.started,
+        })
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{
+            "id": self._served_name(), "object": "model", "created": int(self.started),
+            "owned_by": "kuberl", "root": self.args.model_path, "max_model_len": self.context_len}]})
+
+    async def version(self, request: web.Request) -> web.Response:
+        return web.json_response({"version": VERSION})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        s, c = self.scheduler.stats(), self.scheduler.counters
+        name = self._served_name()
+        lines = []
+        for metric, kind, value in (
+            ("num_running_reqs", "gauge", s["running"]), ("num_queue_reqs", "gauge", s["queued"]),
+            ("num_paused_reqs", "gauge", s["running"] if s["paused"] else 0),
+            ("generation_tokens_total", "counter", c["generation_tokens"]),
+            ("prompt_tokens_total", "counter", c["prompt_tokens"]),
+            ("num_requests_total", "counter", c["requests"]),
+            ("num_aborted_requests_total", "counter", c["aborted"]),
+        ):
+            lines += [f"# TYPE sglang:{metric} {kind}", f'sglang:{metric}{{model_name="{name}"}} {value}']
+        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
+
+class _SchemaError(ValueError):
+    pass
+
+
+def load_checkpoint_tensors(model_path: str) -> list[tuple[str, torch.Tensor]]:
+    """All tensors of the ``*.safetensors`` files in a Hugging Face model directory."""
+    from safetensors.torch import load_file
+
+    files = sorted(Path(model_path).glob("*.safetensors")) if model_path else []
+    if not files:
+        raise ValueError(f"model_path {model_path!r} has no *.safetensors files; "
+                         "save the model with save_pretrained(safe_serialization=True)")
+    named: list[tuple[str, torch.Tensor]] = []
+    for f in files:
+        named += list(load_file(str(f)).items())
+    return named
+
+
+def assign_weights(model: torch.nn.Module, named: list[tuple[str, torch.Tensor]]) -> None:
+    """Copy HF-named tensors into the model; checks every name and shape before changing anything."""
+    params = dict(model.named_parameters())
+    unknown = [n for n, _ in named if n not in params]
+    if unknown:
+        raise ValueError(f"unknown parameter names {unknown[:5]} (model has e.g. {list(params)[:3]})")
+    bad = [(n, tuple(t.shape), tuple(params[n].shape)) for n, t in named if t.shape != params[n].shape]
+    if bad:
+        raise ValueError(f"shape mismatch (name, got, expected): {bad[:5]}")
+    with torch.no_grad():
+        for n, t in named:
+            params[n].copy_(t.to(device=params[n].device, dtype=params[n].dtype))
+
+
+@dataclass
+class ServerHandle:
+    """An engine served from a background thread (tests, benchmarks, local demo)."""
+
+    url: str
+    engine: EmbeddedEngine
+    _loop: asyncio.AbstractEventLoop
+    _runner: web.AppRunner
+    _thread: threading.Thread
+
+    def stop(self) -> None:
+        fut = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop)
+        fut.result(timeout=30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=30)
+
+
+def serve_in_thread(args: EngineArgs) -> ServerHandle:
+    """Start the engine's HTTP server on its own event loop thread; ``port=0`` picks a free port."""
+    engine = EmbeddedEngine(args)
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(engine.app(), access_log=None)
+    started = threading.Event()
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, args.host, args.port)
+        loop.run_until_complete(site.start())
+        box["port"] = site._server.sockets[0].getsockname()[1]
+        started.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, name="embedded-engine-http", daemon=True)
+    thread.start()
+    started.wait(timeout=60)
+    return ServerHandle(f"http://{args.host}:{box['port']}", engine, loop, runner, thread)
+
+
+def parse_args(argv: list[str] | None = None) -> EngineArgs:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model-path", required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=30000)
+    p.add_argument("--weight-version", default="default")
+    p.add_argument("--random-seed", type=int, default=0)
+    p.add_argument("--context-length", type=int, default=None)
+    p.add_argument("--max-running-requests", type=int, default=256)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--api-key", default=None)
+    p.add_argument("--served-model-name", default=None)
+    known, unknown = p.parse_known_args(argv)
+    if unknown:
+        log.warning("ignoring SGLang arguments the embedded engine does not implement: %s", unknown)
+    return EngineArgs(**vars(known))
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    engine = EmbeddedEngine(args)
+    log.info("embedded engine serving %s on http://%s:%d", args.model_path, args.host, args.port)
+    web.run_app(engine.app(), host=args.host, port=args.port, access_log=None, print=None)
+
+
+if __name__ == "__main__":
+    main()
