@@ -1,0 +1,266 @@
+"""Async client for SGLang's native HTTP API (sglang-api.md), used for real SGLang and the embedded engine.
+
+Only idempotent calls are retried (health, info, abort, pause/continue, flush, disk and version updates);
+``/generate`` is never resent, because a duplicate would double-count samples: the caller requeues.
+Every failure becomes an :class:`EngineHTTPError` carrying the engine's own message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import torch
+from kuberl.worker.rollout.tensor_payload import encode_named_tensors
+
+from kuberl.errors import EngineError
+
+FINISH_TYPES = ("stop", "length", "abort")
+
+
+class EngineHTTPError(EngineError):
+    """An engine call failed. ``retryable`` is true when the engine looks down (connection, 502-504)."""
+
+    def __init__(self, message: str, url: str, status: int | None = None) -> None:
+        self.url = url
+        self.status = status
+        self.retryable = status is None or status in (502, 503, 504)
+        where = f"{url} answered {status}" if status is not None else f"{url} unreachable"
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass(frozen=True)
+class GenerateOutput:
+    """One ``/generate`` result, with tokens and behaviour logprobs taken from output_token_logprobs."""
+
+    rid: str | None
+    output_ids: list[int]
+    logprobs: list[float]  # (R,) engine logprob of each generated token
+    finish_reason: dict[str, Any]
+    weight_version: str | None
+    weight_versions: list[dict[str, Any]] = field(default_factory=list)  # spans, if weights changed
+    text: str = ""
+    prompt_tokens: int | None = None
+    input_logprobs: list[float | None] | None = None
+    meta_info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def finish_type(self) -> str:
+        return str(self.finish_reason.get("type"))
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any], url: str = "") -> GenerateOutput:
+        """Parse a single-request response; checks that logprob tokens agree with ``output_ids``."""
+        meta = body.get("meta_info") or {}
+        reason = meta.get("finish_reason") or {}
+        if isinstance(reason, str):  # very old servers sent a bare string
+            reason = {"type": reason}
+        if reason.get("type") not in FINISH_TYPES:
+            raise EngineHTTPError(f"unexpected finish_reason {reason!r}", url, 200)
+        triples = meta.get("output_token_logprobs")
+        output_ids = [int(t) for t in body.get("output_ids") or []]
+        logprobs: list[float] = []
+        if triples is not None:
+            tokens = [int(e[1]) for e in triples]
+            if output_ids and tokens != output_ids:
+                raise EngineHTTPError(
+                    f"output_token_logprobs tokens {tokens[:8]}... disagree with output_ids "
+                    f"{output_ids[:8]}...", url, 200)
+            output_ids = output_ids or tokens
+            logprobs = [float(e[0]) for e in triples]
+        inputs = meta.get("input_token_logprobs")
+        version = meta.get("weight_version")
+        return cls(
+            rid=meta.get("id"),
+            output_ids=output_ids,
+            logprobs=logprobs,
+            finish_reason=reason,
+            weight_version=None if version is None else str(version),
+            weight_versions=list(meta.get("weight_versions") or []),
+            text=body.get("text") or "",
+            prompt_tokens=meta.get("prompt_tokens"),
+            input_logprobs=None if inputs is None else [e[0] for e in inputs],
+            meta_info=meta,
+        )
+
+
+def error_message(response: httpx.Response) -> str:
+    """The human message inside any of SGLang's error shapes (sglang-api.md §1)."""
+    try:
+        body = response.json()
+    except (json.JSONDecodeError, ValueError):
+        return response.text.strip() or response.reason_phrase
+    if isinstance(body, dict):
+        err = body.get("error")
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])
+        if isinstance(err, str):
+            return err
+        if body.get("message"):
+            return str(body["message"])
+    return json.dumps(body)[:500]
+
+
+class EngineClient:
+    """One engine's URL. Pass ``client`` to share a connection pool among many engines."""
+
+    def __init__(
+        self,
+        url: str,
+        api_key: str | None = None,
+        timeout: float | None = None,
+        retries: int = 3,
+        backoff_s: float = 0.5,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.retries = retries
+        self.backoff_s = backoff_s
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
+        self._own = client is None
+        self._client = client or httpx.AsyncClient(timeout=timeout, limits=limits)
+        self._headers = headers
+
+    async def aclose(self) -> None:
+        if self._own:
+            await self._client.aclose()
+
+    async def __aenter__(self) -> EngineClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # ---- transport -------------------------------------------------------------------------
+    async def _request(
+        self, method: str, path: str, body: Any = None, idempotent: bool = False,
+        ok: tuple[int, ...] = (200,), params: dict[str, Any] | None = None,
+    ) -> httpx.Response:
+        attempts = 1 + (self.retries if idempotent else 0)
+        last: EngineHTTPError | None = None
+        for attempt in range(attempts):
+            try:
+                resp = await self._client.request(
+                    method, self.url + path, json=body, headers=self._headers, params=params
+                )
+            except httpx.TransportError as e:
+                last = EngineHTTPError(f"{type(e).__name__}: {e}", self.url + path)
+            else:
+                if resp.status_code in ok:
+                    return resp
+                last = EngineHTTPError(error_message(resp), self.url + path, resp.status_code)
+                if not last.retryable:
+                    raise last
+            if attempt + 1 < attempts:
+                await asyncio.sleep(self.backoff_s * 2**attempt)
+        assert last is not None
+        raise last
+
+    async def _post_ok(self, path: str, body: dict[str, Any], idempotent: bool) -> dict[str, Any]:
+        """POST a weight/control call whose answer is ``{"success": bool, "message": ...}``."""
+        data = (await self._request("POST", path, body, idempotent=idempotent)).json()
+        if isinstance(data, dict) and data.get("success") is False:
+            raise EngineHTTPError(str(data.get("message")), self.url + path, 200)
+        return data
+
+    # ---- generation ------------------------------------------------------------------------
+    async def generate(
+        self,
+        input_ids: list[int],
+        sampling_params: dict[str, Any],
+        rid: str | None = None,
+        return_logprob: bool = True,
+        logprob_start_len: int | None = None,
+    ) -> GenerateOutput:
+        """One sample; an abort comes back as a normal output with finish type ``abort``."""
+        body: dict[str, Any] = {
+            "input_ids": list(input_ids), "sampling_params": sampling_params,
+            "return_logprob": return_logprob,
+        }
+        if rid is not None:
+            body["rid"] = rid
+        if logprob_start_len is not None:
+            body["logprob_start_len"] = logprob_start_len
+        resp = await self._request("POST", "/generate", body)
+        return GenerateOutput.from_json(resp.json(), self.url)
+
+    async def abort(self, rid: str | None = None, abort_all: bool = False) -> None:
+        """Abort requests whose rid starts with ``rid`` (or all); unknown rids are ignored."""
+        await self._request("POST", "/abort_request", {"rid": rid or "", "abort_all": abort_all},
+                            idempotent=True)
+
+    # ---- health and info -------------------------------------------------------------------
+    async def health(self) -> bool:
+        try:
+            await self._request("GET", "/health")
+        except EngineHTTPError:
+            return False
+        return True
+
+    async def health_generate(self) -> bool:
+        try:
+            await self._request("GET", "/health_generate")
+        except EngineHTTPError:
+            return False
+        return True
+
+    async def wait_ready(self, timeout_s: float = 600.0, interval_s: float = 0.5) -> None:
+        """Poll ``/health_generate`` until it answers 200 (engine started and able to generate)."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while not await self.health_generate():
+            if asyncio.get_running_loop().time() > deadline:
+                raise EngineHTTPError(f"not ready after {timeout_s:.0f} s", self.url + "/health_generate")
+            await asyncio.sleep(interval_s)
+
+    async def model_info(self) -> dict[str, Any]:
+        return (await self._request("GET", "/model_info", idempotent=True)).json()
+
+    async def server_info(self) -> dict[str, Any]:
+        return (await self._request("GET", "/server_info", idempotent=True)).json()
+
+    async def get_weights_by_name(self, name: str, truncate_size: int = 100) -> Any:
+        body = {"name": name, "truncate_size": truncate_size}
+        return (await self._request("POST", "/get_weights_by_name", body, idempotent=True)).json()
+
+    # ---- control ---------------------------------------------------------------------------
+    async def flush_cache(self) -> bool:
+        """True if flushed; False if the engine refused because requests are running (400)."""
+        try:
+            await self._request("POST", "/flush_cache", idempotent=True)
+        except EngineHTTPError as e:
+            if e.status == 400:
+                return False
+            raise
+        return True
+
+    async def pause(self, mode: str = "abort") -> None:
+        await self._request("POST", "/pause_generation", {"mode": mode}, idempotent=True)
+
+    async def continue_generation(self) -> None:
+        await self._request("POST", "/continue_generation", {}, idempotent=True)
+
+    async def update_weights_from_disk(
+        self, model_path: str, weight_version: str | None = None, abort_all_requests: bool = False
+    ) -> dict[str, Any]:
+        body = {"model_path": model_path, "weight_version": weight_version,
+                "abort_all_requests": abort_all_requests, "flush_cache": True}
+        return await self._post_ok("/update_weights_from_disk", body, idempotent=True)
+
+    async def update_weights_from_tensor(
+        self, named_tensors: list[tuple[str, torch.Tensor]], weight_version: str | None = None,
+        abort_all_requests: bool = False,
+    ) -> dict[str, Any]:
+        """Embedded-engine form (torch.save bytes, see tensor_payload); real SGLang wants IPC handles."""
+        body = {"serialized_named_tensors": [encode_named_tensors(named_tensors)],
+                "load_format": None, "flush_cache": True, "weight_version": weight_version,
+                "abort_all_requests": abort_all_requests}
+        return await self._post_ok("/update_weights_from_tensor", body, idempotent=False)
+
+    async def update_weight_version(self, new_version: str, abort_all_requests: bool = True) -> None:
+        await self._post_ok("/update_weight_version",
+                            {"new_version": new_version, "abort_all_requests": abort_all_requests},
+                            idempotent=True)
