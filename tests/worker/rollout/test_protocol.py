@@ -1,0 +1,289 @@
+"""The SGLang native-API behaviours kuberl relies on, written once.
+
+By default they run against the embedded engine (started with ``python -m``). Point them at a real
+SGLang server with KUBERL_SGLANG_URL (plus KUBERL_SGLANG_MODEL_PATH for the forward-pass and reload
+checks, KUBERL_SGLANG_URL_2 for the two-engine checks, KUBERL_LOGPROB_TOL for bf16 tolerances).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from kuberl.worker.rollout.balancer import EngineBalancer
+from kuberl.worker.rollout.engine_client import EngineClient, EngineHTTPError
+from kuberl.worker.rollout.launcher import ManagedProcess, router_command
+from kuberl.worker.rollout.router import RouterClient
+
+REAL = bool(os.environ.get("KUBERL_SGLANG_URL"))
+TOL = float(os.environ.get("KUBERL_LOGPROB_TOL", "1e-3"))
+PROMPT = [1, 89, 87, 275, 203, 91, 76, 69, 88, 285, 87, 225, 21, 15, 22]
+GREEDY = {"temperature": 0.0, "max_new_tokens": 16, "ignore_eos": True}
+
+
+@pytest.fixture(scope="module")
+def model_path(tiny_model_dir: Path) -> Path:
+    if not REAL:
+        return tiny_model_dir
+    path = os.environ.get("KUBERL_SGLANG_MODEL_PATH")
+    if not path:
+        pytest.skip("set KUBERL_SGLANG_MODEL_PATH to compare against the model's own forward pass")
+    return Path(path)
+
+
+@pytest.fixture(scope="module")
+def reference_model(model_path: Path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+
+
+def forward_logprobs(model, prompt: list[int], output: list[int], temperature: float) -> list[float]:
+    """Logprob of each output token under one teacher-forced forward pass of prompt + output."""
+    ids = torch.tensor([prompt + output])
+    with torch.no_grad():
+        logits = model(ids).logits[0, len(prompt) - 1 : -1].float()  # (R, V)
+    lp = torch.log_softmax(logits / (temperature or 1.0), dim=-1)
+    return lp.gather(1, torch.tensor(output)[:, None]).squeeze(1).tolist()
+
+
+async def wait_running(url: str, timeout_s: float = 30.0) -> None:
+    """Until the engine reports a running request and has stepped a little."""
+    await wait_running_any([url], timeout_s)
+
+
+async def wait_running_any(urls: list[str], timeout_s: float = 30.0) -> None:
+    async with httpx.AsyncClient() as c:
+        for _ in range(int(timeout_s / 0.01)):
+            for url in urls:
+                text = (await c.get(url + "/metrics")).text
+                m = re.search(r"^sglang:num_running_reqs\{[^}]*\} ([0-9.]+)", text, re.M)
+                if m and float(m.group(1)) > 0:
+                    await asyncio.sleep(0.05)
+                    return
+            await asyncio.sleep(0.01)
+    raise AssertionError("no request started running")
+
+
+async def test_generate_logprobs_equal_forward_pass(engine_url, reference_model):
+    async with EngineClient(engine_url) as c:
+        out = await c.generate(PROMPT, GREEDY)
+    assert out.finish_reason == {"type": "length", "length": 16}
+    assert len(out.output_ids) == len(out.logprobs) == 16
+    ref = forward_logprobs(reference_model, PROMPT, out.output_ids, 0.0)
+    assert max(abs(a - b) for a, b in zip(out.logprobs, ref, strict=True)) < TOL
+    # greedy: each chosen token is the forward pass's argmax
+    ids = torch.tensor([PROMPT + out.output_ids])
+    with torch.no_grad():
+        argmax = reference_model(ids).logits[0, len(PROMPT) - 1 : -1].argmax(-1).tolist()
+    assert argmax == out.output_ids
+
+
+async def test_sampled_logprobs_are_temperature_scaled(engine_url, reference_model):
+    params = {"temperature": 0.7, "max_new_tokens": 12, "ignore_eos": True, "sampling_seed": 3}
+    async with EngineClient(engine_url) as c:
+        out = await c.generate(PROMPT, params)
+    ref = forward_logprobs(reference_model, PROMPT, out.output_ids, 0.7)
+    assert max(abs(a - b) for a, b in zip(out.logprobs, ref, strict=True)) < TOL
+
+
+async def test_greedy_is_deterministic_and_seeded_sampling_reproduces(engine_url):
+    seeded = {"temperature": 1.0, "max_new_tokens": 12, "ignore_eos": True, "sampling_seed": 7}
+    async with EngineClient(engine_url) as c:
+        g1, g2 = await c.generate(PROMPT, GREEDY), await c.generate(PROMPT, GREEDY)
+        s1, s2 = await c.generate(PROMPT, seeded), await c.generate(PROMPT, seeded)
+        others = [await c.generate(PROMPT, {**seeded, "sampling_seed": k}) for k in range(3)]
+    assert g1.output_ids == g2.output_ids
+    assert s1.output_ids == s2.output_ids
+    assert any(o.output_ids != s1.output_ids for o in others)
+
+
+async def test_stop_token_is_matched_and_included(engine_url):
+    async with EngineClient(engine_url) as c:
+        free = await c.generate(PROMPT, GREEDY)
+        stop = free.output_ids[5]
+        out = await c.generate(PROMPT, {**GREEDY, "stop_token_ids": [stop]})
+    first = free.output_ids.index(stop)
+    assert out.finish_reason["type"] == "stop" and out.finish_reason["matched"] == stop
+    assert out.output_ids == free.output_ids[: first + 1]
+    assert len(out.logprobs) == first + 1
+
+
+async def test_stop_string_is_matched_and_trimmed(engine_url):
+    async with EngineClient(engine_url) as c:
+        free = await c.generate(PROMPT, {**GREEDY, "max_new_tokens": 24})
+        candidates = [ch for ch in free.text[3:] if ch.isalnum()]
+        if not candidates:
+            pytest.skip("greedy text has no alphanumeric character to stop on")
+        stop = candidates[0]
+        out = await c.generate(PROMPT, {**GREEDY, "max_new_tokens": 24, "stop": [stop]})
+    assert out.finish_reason == {"type": "stop", "matched": stop}
+    assert stop not in out.text and free.text.startswith(out.text)
+    assert len(out.output_ids) < len(free.output_ids)
+
+
+async def test_abort_by_rid_prefix_returns_partial_output(engine_url):
+    params = {"temperature": 1.0, "max_new_tokens": 900, "ignore_eos": True}
+    async with EngineClient(engine_url) as c:
+        tasks = [asyncio.create_task(c.generate(PROMPT, params, rid=f"abortme-{k:04d}"))
+                 for k in range(4)]
+        keep = asyncio.create_task(c.generate(PROMPT, {**params, "max_new_tokens": 40},
+                                              rid="keep-0000"))
+        await wait_running(engine_url)
+        await c.abort("abortme-")
+        outs = await asyncio.gather(*tasks)
+        kept = await keep
+    assert all(o.finish_type == "abort" for o in outs)
+    assert any(0 < len(o.output_ids) < 900 for o in outs)
+    assert all(len(o.output_ids) == len(o.logprobs) for o in outs)
+    assert kept.finish_type == "length" and len(kept.output_ids) == 40
+
+
+async def test_flush_cache_refused_while_busy(engine_url):
+    async with EngineClient(engine_url) as c:
+        task = asyncio.create_task(c.generate(
+            PROMPT, {"max_new_tokens": 900, "ignore_eos": True}, rid="flushbusy-0000"))
+        await wait_running(engine_url)
+        assert await c.flush_cache() is False
+        await c.abort("flushbusy-0000")
+        assert (await task).finish_type == "abort"
+        assert await c.flush_cache() is True
+
+
+async def test_pause_in_place_holds_requests_until_continue(engine_url):
+    async with EngineClient(engine_url) as c:
+        await c.pause("in_place")
+        try:
+            task = asyncio.create_task(c.generate(PROMPT, GREEDY))
+            await asyncio.sleep(0.3)
+            assert not task.done()
+        finally:
+            await c.continue_generation()
+        assert len((await task).output_ids) == 16
+
+
+async def test_health_and_model_info(engine_url):
+    async with EngineClient(engine_url) as c:
+        assert await c.health() and await c.health_generate()
+        info = await c.model_info()
+        server = await c.server_info()
+    assert info["is_generation"] is True and "weight_version" in info
+    assert "internal_states" in server
+
+
+async def test_too_long_prompt_is_a_400_with_sglang_message(engine_url):
+    async with EngineClient(engine_url) as c:
+        context = (await c.server_info())["context_length"]
+        with pytest.raises(EngineHTTPError) as err:
+            await c.generate([5] * context, GREEDY)
+    assert err.value.status == 400 and not err.value.retryable
+    assert "longer than the model's context length" in str(err.value)
+
+
+async def test_weight_reload_from_disk_changes_outputs_and_version(
+    engine_url, model_path, reference_model, tmp_path
+):
+    perturbed = tmp_path / "perturbed"
+    shutil.copytree(model_path, perturbed)
+    with torch.no_grad():
+        for p in reference_model.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    reference_model.save_pretrained(perturbed)
+    async with EngineClient(engine_url) as c:
+        before = await c.generate(PROMPT, GREEDY)
+        await c.update_weights_from_disk(str(perturbed), weight_version="step-1")
+        try:
+            after = await c.generate(PROMPT, GREEDY)
+            assert after.weight_version == "step-1"
+            assert after.output_ids != before.output_ids
+            ref = forward_logprobs(reference_model, PROMPT, after.output_ids, 0.0)
+            assert max(abs(a - b) for a, b in zip(after.logprobs, ref, strict=True)) < TOL
+        finally:
+            await c.update_weights_from_disk(str(model_path), weight_version="default")
+            for p, q in zip(reference_model.parameters(), _fresh(model_path).parameters(),
+                            strict=True):
+                p.data.copy_(q.data)
+        restored = await c.generate(PROMPT, GREEDY)
+    assert restored.output_ids == before.output_ids and restored.weight_version == "default"
+
+
+def _fresh(path: Path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+
+
+async def test_bad_weight_path_is_reported(engine_url, tmp_path):
+    async with EngineClient(engine_url) as c:
+        with pytest.raises(EngineHTTPError) as err:
+            await c.update_weights_from_disk(str(tmp_path / "missing"))
+    assert err.value.status in (200, 400)
+
+
+async def test_balancer_spreads_load_and_aborts_on_the_owning_engine(engine_url, second_engine_url):
+    balancer = EngineBalancer([EngineClient(engine_url), EngineClient(second_engine_url)])
+    try:
+        long = {"temperature": 1.0, "max_new_tokens": 900, "ignore_eos": True}
+        tasks = [asyncio.create_task(balancer.generate(PROMPT, long, rid=f"bal-{k:04d}"))
+                 for k in range(4)]
+        await asyncio.sleep(0)
+        assert sorted(balancer.in_flight.values()) == [2, 2]
+        await wait_running(engine_url)
+        await balancer.abort("bal-0001")
+        done, pending = await asyncio.wait(tasks, timeout=5, return_when=asyncio.FIRST_COMPLETED)
+        assert [t.result().finish_type for t in done] == ["abort"]
+        assert tasks[1] in done
+        await balancer.abort(abort_all=True)
+        rest = await asyncio.gather(*pending)
+        assert [o.finish_type for o in rest] == ["abort"] * 3
+    finally:
+        await balancer.aclose()
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_smg_router_routes_generate_and_client_aborts_every_engine(
+    engine_url, second_engine_url, tmp_path
+):
+    smg = shutil.which("smg") or str(Path(sys.executable).parent / "smg")
+    if not Path(smg).exists():
+        pytest.skip("smg (pip install smg==1.13.0) is not installed")
+    port = _port()
+    argv = router_command([engine_url, second_engine_url], port, policy="round_robin",
+                          prometheus_port=_port(), extra=["--log-level", "warn"])
+    argv[0] = smg
+    router = ManagedProcess(argv, f"http://127.0.0.1:{port}", log_path=str(tmp_path / "smg.log"))
+    try:
+        await router.wait_ready(timeout_s=60, path="/health")
+        for _ in range(100):
+            async with httpx.AsyncClient() as h:
+                workers = (await h.get(router.url + "/workers")).json()
+            if workers.get("total") == 2 and all(w["is_healthy"] for w in workers["workers"]):
+                break
+            await asyncio.sleep(0.1)
+        client = await RouterClient.connect(router.url)
+        assert sorted(e.url for e in client.engines) == sorted([engine_url, second_engine_url])
+        outs = await asyncio.gather(*(client.generate(PROMPT, GREEDY, rid=f"rt-{k:04d}")
+                                      for k in range(4)))
+        assert all(o.output_ids == outs[0].output_ids for o in outs)
+        long = {"temperature": 1.0, "max_new_tokens": 900, "ignore_eos": True}
+        task = asyncio.create_task(client.generate(PROMPT, long, rid="rt-long-0000"))
+        await wait_running_any([engine_url, second_engine_url])
+        await client.abort("rt-long-0000")  # the router would 404 this; the client fans it out
+        assert (await task).finish_type == "abort"
+        await client.aclose()
+    finally:
+        router.stop()
