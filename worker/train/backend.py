@@ -34,6 +34,10 @@ class TrainerBackend(Protocol):
         """Yield the policy weights under Hugging Face names (what SGLang loads)."""
         ...
 
+    def export_hf_checkpoint(self, directory: Path) -> None:
+        """Write the policy as a Hugging Face checkpoint (for engines loading from disk)."""
+        ...
+
     def save(self, directory: Path) -> None:
         """Write weights, optimizer and scheduler state into ``directory``."""
         ...

@@ -207,6 +207,9 @@ class TorchBackend:
         for name, tensor in self.model.state_dict().items():
             yield name, tensor.detach()
 
+    def export_hf_checkpoint(self, directory: Path) -> None:
+        self.model.save_pretrained(directory)
+
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(directory / "model")

@@ -1,0 +1,441 @@
+"""The GRPO driver: one readable loop of named stages, the same locally and in a KubeRay job.
+
+    for rollout_id in range(start, num_rollout):
+        evaluate (every eval.interval)  -> eval/score
+        collect rollout                 -> kept prompt groups (dynamic sampling, partial-rollout buffer)
+        advantages                      -> per-token signals
+        logprob passes                  -> old (and reference) logprobs from the trainer
+        train numStepsPerRollout steps  -> train/* metrics
+        sync weights                    -> engines serve version rollout_id + 1
+        checkpoint (every saveInterval) -> weights, optimizer, data cursor, buffer, RNG
+        report                          -> status.progress, Prometheus, JSONL log, console
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kuberl.api.job import RLTrainingJob
+from kuberl.api.resolve import WorkerConfig, resolve
+from kuberl.errors import KuberlError
+from kuberl.worker import checkpoint as ckpt
+from kuberl.worker.algo.advantages import compute_advantages
+from kuberl.worker.metrics import MetricsExporter
+from kuberl.worker.placement import create_placement_groups, plan_placement
+from kuberl.worker.progress import ProgressReport, StatusReporter, in_cluster_target
+from kuberl.worker.rollout.balancer import EngineBalancer
+from kuberl.worker.rollout.dynamic_sampling import CollectorSettings, RolloutResult, collect_rollout
+from kuberl.worker.rollout.engine_client import EngineClient
+from kuberl.worker.rollout.engine_host import EngineHost
+from kuberl.worker.rollout.partial_rollout_buffer import PartialRolloutBuffer
+from kuberl.worker.rollout.sample import Sample
+from kuberl.worker.rollout_inputs import PromptSource, build_grader, load_hook
+from kuberl.worker.train.batch import TrainSample
+from kuberl.worker.train.trainer_actor import TrainerActor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DriverOptions:
+    """How this process runs the job (not part of the job spec)."""
+
+    in_cluster: bool = False
+    run_dir: Path = Path("runs")
+    metrics_port: int | None = None  # None: no endpoint; 0: any free port
+    progress_bar: bool = True
+    max_rollouts: int | None = None  # stop early (tests, smoke runs)
+    ray_address: str | None = None  # None: start a local Ray; "auto": join the cluster
+
+
+def rollout_metrics(result: RolloutResult, max_response_len: int, num_engines: int) -> dict[str, float]:
+    """Pure: summarize one rollout's kept groups and what dynamic sampling did."""
+    samples = [s for g in result.groups for s in g]
+    rewards = [float(s.reward or 0.0) for s in samples]
+    lengths = [s.response_length for s in samples]
+    zero_std = sum(1 for g in result.groups if len({s.reward for s in g}) <= 1)
+    tokens_per_s = result.generated_tokens / result.wall_s if result.wall_s > 0 else 0.0
+    return {
+        "rollout/reward_mean": statistics.fmean(rewards) if rewards else 0.0,
+        "rollout/response_len_mean": statistics.fmean(lengths) if lengths else 0.0,
+        "rollout/truncated_ratio": (
+            sum(1 for n in lengths if n >= max_response_len) / len(lengths) if lengths else 0.0
+        ),
+        "rollout/zero_std_ratio": zero_std / len(result.groups) if result.groups else 0.0,
+        "rollout/generated_tokens": float(result.generated_tokens),
+        "rollout/samples": float(len(samples)),
+        "perf/rollout_tokens_per_s": tokens_per_s,
+        "perf/rollout_tokens_per_s_per_gpu": tokens_per_s / max(1, num_engines),
+        "time/rollout_s": result.wall_s,
+        "dynamic_sampling/groups_dropped": float(sum(result.dropped.values())),
+        "dynamic_sampling/waves": float(result.waves),
+        "buffer/partial_resumed": float(result.resumed_samples),
+        "buffer/tokens_reused": float(result.tokens_reused),
+        "buffer/tokens_wasted": float(result.tokens_wasted),
+    }
+
+
+def to_train_samples(groups: Sequence[Sequence[Sample]], config: WorkerConfig) -> list[TrainSample]:
+    """Pure: graded groups -> trainer inputs with per-token advantages (P*G samples)."""
+    samples = [s for g in groups for s in g]
+    rewards = torch.tensor([float(s.reward or 0.0) for s in samples])  # (P*G,)
+    advantages = compute_advantages(
+        rewards=rewards,
+        response_lengths=[s.response_length for s in samples],
+        group_size=config.n_samples_per_prompt,
+        algorithm=config.algorithm,
+    )  # list of (R,) tensors
+    return [
+        TrainSample(
+            tokens=s.tokens,
+            prompt_len=len(s.prompt_ids),
+            advantages=adv.tolist(),
+            loss_mask=list(s.loss_mask),
+            rollout_logprobs=list(s.response_logprobs),
+        )
+        for s, adv in zip(samples, advantages, strict=True)
+    ]
+
+
+class Driver:
+    """Owns Ray, the engines, the trainer, data, rewards and reporting for one job."""
+
+    def __init__(self, job: RLTrainingJob, options: DriverOptions) -> None:
+        self.job = job
+        self.options = options
+        self.config = resolve(job, in_cluster=options.in_cluster)
+        self.run_dir = options.run_dir
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics = MetricsExporter(job.metadata.name)
+        self.reporter = StatusReporter(
+            in_cluster_target(job.metadata.name, job.metadata.namespace) if options.in_cluster else None
+        )
+        self.buffer = PartialRolloutBuffer(load_hook(self.config.buffer_filter_path, "bufferFilterPath"))
+        self.group_filter = load_hook(
+            self.config.dynamic_sampling_filter_path, "dynamicSamplingFilterPath"
+        )
+        self.prompts = PromptSource.for_training(self.config)
+        self.grader = build_grader(self.config)
+        self.weight_version = 0
+        self.start_rollout = 0
+        self._engines: list[Any] = []
+        self.engine_urls: list[str] = []
+        self.trainer: Any = None
+        self._log_file = (self.run_dir / "metrics.jsonl").open("a")
+
+    # ---- set-up ------------------------------------------------------------------------------------
+    def start(self) -> None:
+        import ray
+
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+        if not ray.is_initialized():
+            ray.init(
+                address=self.options.ray_address,
+                include_dashboard=False,
+                log_to_driver=True,
+                configure_logging=False,
+                num_cpus=None if self.options.ray_address else max(2, os.cpu_count() or 2),
+            )
+        use_gpus = self.options.in_cluster and self.config.device != "cpu"
+        plan = plan_placement(self.config, use_gpus=use_gpus)
+        groups = create_placement_groups(plan)
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        def on(group: Any, index: int) -> Any:
+            return PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=index)
+
+        trainer_cls = ray.remote(TrainerActor)
+        self.trainer = trainer_cls.options(
+            scheduling_strategy=on(groups["trainer"], 0),
+            num_cpus=plan.trainer_bundles[0].get("CPU", 1),
+            num_gpus=plan.trainer_bundles[0].get("GPU", 0),
+        ).remote(self.config.trainer_backend, self.config)
+        host_cls = ray.remote(EngineHost)
+        spec = {
+            "model_path": self.config.hf_checkpoint,
+            "kind": self.config.rollout_engine,
+            "tp_size": self.config.gpus_per_engine,
+            "server_args": self.config.sglang_server_args,
+            "weight_version": str(self.weight_version),
+            "random_seed": self.config.seed,
+        }
+        self._engines = [
+            host_cls.options(
+                scheduling_strategy=on(groups["rollout"], i),
+                num_cpus=bundle.get("CPU", 1),
+                num_gpus=bundle.get("GPU", 0),
+            ).remote(spec, str(self.run_dir / f"engine-{i}.log"))
+            for i, bundle in enumerate(plan.rollout_bundles)
+        ]
+        self.engine_urls = ray.get([e.start.remote() for e in self._engines])
+        ray.get(self.trainer.ping.remote())
+        log.info("engines ready at %s", self.engine_urls)
+        self._resume()
+        if self.options.metrics_port is not None:
+            port = self.metrics.serve(self.options.metrics_port)
+            log.info("metrics on :%d/metrics", port)
+
+    def _resume(self) -> None:
+        """Restore the newest complete checkpoint (weights, optimizer, cursor, buffer, RNG), if any."""
+        import ray
+
+        root = Path(self.config.save) if self.config.save else None
+        found = ckpt.latest_checkpoint(root) or (
+            ckpt.latest_checkpoint(Path(self.config.load)) if self.config.load else None
+        )
+        if found is None:
+            return
+        state = found.driver_state()
+        ray.get(self.trainer.load.remote(str(found.trainer_dir)))
+        self.prompts.load_state_dict(state["data"])
+        self.buffer.load_state_dict(state["buffer"])
+        ckpt.restore_rng_state(state["rng"])
+        self.weight_version = state["weight_version"]
+        self.start_rollout = state["rollout_id"] + 1
+        self._sync_weights()
+        log.info("resumed from %s at rollout %d", found.path, self.start_rollout)
+
+    # ---- stages ------------------------------------------------------------------------------------
+    def _endpoint(self) -> EngineBalancer:
+        return EngineBalancer([EngineClient(u) for u in self.engine_urls])
+
+    async def _collect(self, rollout_id: int) -> RolloutResult:
+        c = self.config
+        settings = CollectorSettings(
+            target_groups=c.rollout_batch_size,
+            over_sampling_groups=c.over_sampling_batch_size,
+            max_new_tokens=c.max_response_len,
+            sampling_params=self._sampling_params(c.sampling),
+            partial_rollout=c.partial_rollout,
+            mask_offpolicy=c.mask_offpolicy_in_partial_rollout,
+        )
+        endpoint = self._endpoint()
+        try:
+            return await collect_rollout(
+                endpoint, rollout_id, settings, self.prompts.next_groups, self.grader.grade_group,
+                self.buffer, self.group_filter, self.config, decode=self.prompts.decode,
+            )
+        finally:
+            for engine in endpoint.engines:
+                await engine.aclose()
+
+    def _sampling_params(self, sampling: dict[str, Any]) -> dict[str, Any]:
+        params = {
+            "temperature": sampling["temperature"],
+            "top_p": sampling["top_p"],
+            "top_k": sampling["top_k"],
+            "skip_special_tokens": sampling["skip_special_tokens"],
+        }
+        if sampling["stop"]:
+            params["stop"] = sampling["stop"]
+        if sampling["stop_token_ids"]:
+            params["stop_token_ids"] = sampling["stop_token_ids"]
+        return params
+
+    async def _evaluate(self, rollout_id: int) -> dict[str, float]:
+        """Score every eval set: mean reward over nSamplesPerEvalPrompt samples per prompt."""
+        c = self.config
+        out: dict[str, float] = {}
+        scores = []
+        for eval_set in c.eval_sets:
+            source = PromptSource.for_eval(c, eval_set)
+            grader = build_grader(c, eval_set.rm_type)
+            settings = CollectorSettings(
+                target_groups=len(source),
+                over_sampling_groups=len(source),
+                max_new_tokens=c.eval_max_response_len,
+                sampling_params=self._sampling_params(c.eval_sampling),
+            )
+            endpoint = self._endpoint()
+            try:
+                result = await collect_rollout(
+                    endpoint, rollout_id, settings, source.next_groups, grader.grade_group,
+                    PartialRolloutBuffer(), decode=source.decode,
+                )
+            finally:
+                for engine in endpoint.engines:
+                    await engine.aclose()
+            rewards = [float(s.reward or 0.0) for g in result.groups for s in g]
+            score = statistics.fmean(rewards) if rewards else 0.0
+            out[f"eval/{eval_set.name}"] = score
+            scores.append(score)
+        if scores:
+            out["eval/score"] = statistics.fmean(scores)
+        return out
+
+    def _train(self, groups: list[list[Sample]]) -> dict[str, float]:
+        import ray
+
+        c = self.config
+        t0 = time.perf_counter()
+        samples = to_train_samples(groups, c)
+        old = ray.get(self.trainer.compute_logprobs.remote(samples))
+        ref = (
+            ray.get(self.trainer.compute_logprobs.remote(samples, True))
+            if c.algorithm["use_kl_loss"] and c.algorithm["kl_loss_coef"] > 0
+            else None
+        )
+        for i, s in enumerate(samples):
+            s.old_logprobs = old[i]
+            s.ref_logprobs = ref[i] if ref is not None else None
+        t1 = time.perf_counter()
+        merged: dict[str, list[float]] = {}
+        step_size = max(1, len(samples) // c.num_steps_per_rollout)
+        for start in range(0, len(samples), step_size):
+            metrics = ray.get(self.trainer.train_step.remote(samples[start : start + step_size]))
+            for key, value in metrics.items():
+                merged.setdefault(key, []).append(value)
+        out = {k: statistics.fmean(v) for k, v in merged.items()}
+        out["time/logprob_s"] = t1 - t0
+        out["time/train_s"] = time.perf_counter() - t1
+        return out
+
+    def _sync_weights(self) -> float:
+        import ray
+
+        transport = "tensor" if self.config.rollout_engine == "embedded" else "disk"
+        stats = ray.get(
+            self.trainer.sync_weights.remote(self.engine_urls, str(self.weight_version), transport)
+        )
+        return stats.seconds
+
+    def _checkpoint(self, rollout_id: int) -> str | None:
+        import ray
+
+        c = self.config
+        if not c.save or not c.save_interval:
+            return None
+        last = c.num_rollout is not None and rollout_id + 1 >= c.num_rollout
+        if (rollout_id + 1) % c.save_interval != 0 and not last:
+            return None
+        state = {
+            "rollout_id": rollout_id,
+            "weight_version": self.weight_version,
+            "data": self.prompts.state_dict(),
+            "buffer": self.buffer.state_dict(),
+            "rng": ckpt.rng_state(),
+        }
+        saved = ckpt.save_checkpoint(
+            Path(c.save), rollout_id, state,
+            lambda d: ray.get(self.trainer.save.remote(str(d))), keep_last=c.keep_last,
+        )
+        return str(saved.path)
+
+    # ---- the loop ----------------------------------------------------------------------------------
+    def run(self) -> list[dict[str, float]]:
+        """Run from the resume point to numRollout; return the per-rollout metrics."""
+        c = self.config
+        end = c.num_rollout if c.num_rollout is not None else self._epoch_rollouts()
+        if self.options.max_rollouts is not None:
+            end = min(end, self.start_rollout + self.options.max_rollouts)
+        history: list[dict[str, float]] = []
+        bar = _progress_bar(self.start_rollout, end, self.options.progress_bar)
+        for rollout_id in range(self.start_rollout, end):
+            step_t0 = time.perf_counter()
+            metrics: dict[str, float] = {"progress/rollout_id": float(rollout_id),
+                                         "progress/num_rollout": float(end)}
+            if self._eval_due(rollout_id):
+                t = time.perf_counter()
+                metrics.update(asyncio.run(self._evaluate(rollout_id)))
+                metrics["time/eval_s"] = time.perf_counter() - t
+            result = asyncio.run(self._collect(rollout_id))
+            if not result.groups:
+                log.info("prompt data exhausted at rollout %d", rollout_id)
+                break
+            metrics.update(rollout_metrics(result, c.max_response_len, c.num_engines))
+            metrics.update(self._train(result.groups))
+            self.weight_version += 1
+            metrics["time/weight_sync_s"] = self._sync_weights()
+            metrics["progress/weight_version"] = float(self.weight_version)
+            metrics["buffer/samples"] = float(self.buffer.num_samples)
+            t = time.perf_counter()
+            saved = self._checkpoint(rollout_id)
+            metrics["time/checkpoint_s"] = time.perf_counter() - t
+            metrics["time/step_s"] = time.perf_counter() - step_t0
+            self._report(rollout_id, end, metrics, saved)
+            history.append(metrics)
+            bar(rollout_id, metrics)
+        if self._eval_due(end, final=True) and history:
+            final = asyncio.run(self._evaluate(end))
+            history[-1].update(final)
+            self._report(end - 1, end, final, None)
+        return history
+
+    def _eval_due(self, rollout_id: int, final: bool = False) -> bool:
+        c = self.config
+        if not c.eval_interval or not c.eval_sets:
+            return False
+        if final:
+            return True
+        if rollout_id == 0:
+            return not c.skip_eval_before_train
+        return rollout_id % c.eval_interval == 0
+
+    def _epoch_rollouts(self) -> int:
+        per_epoch = max(1, len(self.prompts) // self.config.rollout_batch_size)
+        return per_epoch * (self.config.num_epoch or 1)
+
+    def _report(self, rollout_id: int, end: int, metrics: dict[str, float], saved: str | None) -> None:
+        self.metrics.observe(metrics)
+        self._log_file.write(json.dumps({"rollout_id": rollout_id, "time": time.time(), **metrics}) + "\n")
+        self._log_file.flush()
+        self.reporter.report(ProgressReport(
+            rollout_id=rollout_id, num_rollout=end,
+            reward=metrics.get("rollout/reward_mean"), eval_score=metrics.get("eval/score"),
+            checkpoint=saved, weight_version=self.weight_version,
+        ))
+
+    def stop(self) -> None:
+        import ray
+
+        for engine in self._engines:
+            try:
+                ray.get(engine.stop.remote(), timeout=30)
+            except Exception as exc:  # shutting down: log, keep going
+                log.warning("engine stop failed: %s", exc)
+        self._log_file.close()
+        self.reporter.close()
+        self.prompts.close()
+        self.grader.close()
+
+
+def _progress_bar(start: int, end: int, enabled: bool):
+    """A one-line console progress display: rollout n/N, reward, step time."""
+    if not enabled:
+        return lambda rollout_id, metrics: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=end, initial=start, unit="rollout", dynamic_ncols=True)
+
+    def update(rollout_id: int, metrics: dict[str, float]) -> None:
+        shown = {"reward": f"{metrics.get('rollout/reward_mean', 0):.3f}",
+                 "step": f"{metrics.get('time/step_s', 0):.1f}s"}
+        if "eval/score" in metrics:
+            shown["eval"] = f"{metrics['eval/score']:.3f}"
+        bar.set_postfix(shown)
+        bar.update(1)
+
+    return update
+
+
+def run_job(job: RLTrainingJob, options: DriverOptions) -> list[dict[str, float]]:
+    """Start, run and always stop a driver; KuberlErrors propagate with their message."""
+    driver = Driver(job, options)
+    try:
+        driver.start()
+        return driver.run()
+    except KuberlError:
+        raise
+    finally:
+        driver.stop()

@@ -1,0 +1,53 @@
+"""A Ray actor that hosts one rollout engine process on its pod (or CPU bundle) and reports its URL.
+
+In a cluster it starts real SGLang on the rollout pod's GPUs, listening on the pod IP; locally it starts
+the embedded engine on loopback. Either way the driver only ever sees a URL that speaks SGLang's API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+from kuberl.worker.rollout.launcher import EngineSpec, ManagedProcess, launch_engine
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def node_ip() -> str:
+    """The address other pods reach this one at (loopback when not in a cluster)."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.util.get_node_ip_address()
+    except ImportError:  # pragma: no cover - ray is a worker dependency
+        pass
+    return "127.0.0.1"
+
+
+class EngineHost:
+    """Owns one engine process; ``start`` returns its URL once ``/health_generate`` answers."""
+
+    def __init__(self, spec: dict[str, Any], log_path: str | None = None) -> None:
+        self.spec_args = spec
+        self.log_path = log_path
+        self.process: ManagedProcess | None = None
+
+    def start(self, timeout_s: float = 900.0) -> str:
+        ip = node_ip()
+        host = "127.0.0.1" if ip == "127.0.0.1" else "0.0.0.0"
+        spec = EngineSpec(**{**self.spec_args, "port": free_port(), "host": host})
+        self.process = launch_engine(spec, self.log_path)
+        asyncio.run(self.process.wait_ready(timeout_s))
+        return f"http://{ip}:{spec.port}"
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+            self.process = None
