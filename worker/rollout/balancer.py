@@ -12,9 +12,8 @@ import itertools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from kuberl.worker.rollout.engine_client import EngineClient, EngineHTTPError, GenerateOutput
-
 from kuberl.errors import EngineError
+from kuberl.worker.rollout.engine_client import EngineClient, EngineHTTPError, GenerateOutput
 
 
 class EngineBalancer:

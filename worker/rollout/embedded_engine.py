@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from aiohttp import web
+
 from kuberl.worker.rollout.sampling import SamplingParams, SamplingParamsError
 from kuberl.worker.rollout.scheduler import GenerationRequest, Scheduler
 from kuberl.worker.rollout.tensor_payload import decode_named_tensors

@@ -14,9 +14,9 @@ from typing import Any
 
 import httpx
 import torch
-from kuberl.worker.rollout.tensor_payload import encode_named_tensors
 
 from kuberl.errors import EngineError
+from kuberl.worker.rollout.tensor_payload import encode_named_tensors
 
 FINISH_TYPES = ("stop", "length", "abort")
 

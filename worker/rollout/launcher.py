@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from kuberl.api.resolve import args_to_flags
-from kuberl.worker.rollout.engine_client import EngineClient
-
 from kuberl.errors import EngineError
+from kuberl.worker.rollout.engine_client import EngineClient
 
 EngineKind = Literal["sglang", "embedded"]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+
 from kuberl.worker.rollout.balancer import EngineBalancer
 from kuberl.worker.rollout.engine_client import EngineClient, GenerateOutput
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
 from kuberl.worker.rollout.kv_batch import KVBatch, prefill
 from kuberl.worker.rollout.sampling import SamplingParams, choose_tokens
 
