@@ -10,7 +10,7 @@ import sys
 from kuberl.errors import KuberlError
 
 # Verb modules, in help order. Each defines ``register(subparsers)`` and sets ``func`` on its parser.
-COMMANDS = ("validate", "crd", "render", "train", "operator", "dev")
+COMMANDS = ("validate", "crd", "render", "train", "plot", "operator", "dev")
 
 
 def build_parser() -> argparse.ArgumentParser:
