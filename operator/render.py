@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
+
 from kuberl.api.job import API_VERSION, GROUP, KIND, PLURAL, RLTrainingJob
 from kuberl.api.spec import GpuType, RLTrainingJobSpec
 from kuberl.operator import labels, names
-
 from kuberl.ray_resources import ROLLOUT_RESOURCE, TRAINER_RESOURCE
 
 RAYJOB_API_VERSION = "ray.io/v1"
@@ -136,9 +136,10 @@ def owner_reference(job: RLTrainingJob) -> dict[str, Any] | None:
 
 
 def _metadata(job: RLTrainingJob, name: str, component: str) -> dict[str, Any]:
-    meta: dict[str, Any] = {"name": name, "labels": labels.common_labels(job.metadata.name, component)}
+    meta: dict[str, Any] = {"name": name}
     if job.metadata.namespace:
         meta["namespace"] = job.metadata.namespace
+    meta["labels"] = labels.common_labels(job.metadata.name, component)
     generation = (job.metadata.model_extra or {}).get("generation")
     if generation is not None:
         meta["annotations"] = {labels.SPEC_GENERATION: str(generation)}

@@ -269,3 +269,18 @@ def phase_event(previous: Phase | None, new: RLTrainingJobStatus) -> PhaseEvent 
     kind = "Warning" if new.phase == Phase.FAILED else "Normal"
     was = previous.value if previous else "none"
     return PhaseEvent(kind, new.phase.value, f"phase {was} -> {new.phase.value}: {new.message or ''}")
+
+
+def invalid_spec_status(
+    previous: RLTrainingJobStatus | None, message: str, now: datetime, generation: int | None
+) -> RLTrainingJobStatus:
+    """Return the Failed status of a job whose spec the operator cannot accept (reason InvalidSpec)."""
+    decision = PhaseDecision(Phase.FAILED, "InvalidSpec", message)
+    conditions = with_transition_times(
+        desired_conditions(decision, None, queued=False),
+        previous.conditions if previous else [], now, generation,
+    )
+    return RLTrainingJobStatus(
+        phase=Phase.FAILED, reason="InvalidSpec", message=message, conditions=conditions,
+        observed_generation=generation, progress=previous.progress if previous else None,
+    )

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 import yaml
+
 from kuberl.api import parse_job
 from kuberl.operator import render
 from kuberl.operator.render import RenderSettings, plan_worker_groups, rollout_gpus_per_pod
-
 from tests.operator.rayjob_checks import check_rayjob, container, gpus, groups_by_name
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

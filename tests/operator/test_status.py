@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from kuberl.api import Phase, Progress, RLTrainingJobStatus, parse_job
 from kuberl.operator.status import (
     OPERATOR_FIELDS,

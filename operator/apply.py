@@ -1,0 +1,155 @@
+"""The operator's few API calls: server-side apply of children, reads, and status merge patches.
+
+Server-side apply with one field manager ("kuberl") makes every write idempotent: applying the same
+children twice, or after a crash half-way through, converges on one copy of each. Transient failures
+(conflicts, throttling, 5xx, dropped connections) are retried here with a short backoff and then surface
+as ``TransientApiError`` for kopf to retry later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import aiohttp
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from kuberl.api.job import API_VERSION, PLURAL
+from kuberl.operator.labels import MANAGER
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+FIELD_MANAGER = MANAGER
+RETRIABLE_STATUS = frozenset({409, 429, 500, 502, 503, 504})
+
+# kind -> plural for everything the operator writes (all namespaced).
+PLURALS = {
+    "ConfigMap": "configmaps",
+    "ServiceAccount": "serviceaccounts",
+    "Role": "roles",
+    "RoleBinding": "rolebindings",
+    "RayJob": "rayjobs",
+    "RLTrainingJob": PLURAL,
+}
+
+
+class TransientApiError(Exception):
+    """The apiserver kept failing with a retriable error; try the whole reconcile again later."""
+
+
+@dataclass(frozen=True)
+class ApiError(Exception):
+    """A non-retriable API answer (e.g. 422 Invalid), with the apiserver's message."""
+
+    status: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.status}: {self.message}"
+
+
+def object_path(api_version: str, kind: str, namespace: str, name: str | None = None) -> str:
+    """Return the REST path of a namespaced object (or its collection when ``name`` is None)."""
+    prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    path = f"{prefix}/namespaces/{namespace}/{PLURALS[kind]}"
+    return f"{path}/{name}" if name else path
+
+
+def _message(exc: ApiException) -> str:
+    import json
+
+    try:
+        return json.loads(exc.body).get("message", exc.reason)
+    except (TypeError, ValueError):
+        return str(exc.reason)
+
+
+async def with_retries(
+    call: Callable[[], Awaitable[T]], *, attempts: int = 4, first_delay: float = 0.2
+) -> T:
+    """Run ``call``; retry conflicts, throttling, 5xx and connection errors with exponential backoff."""
+    delay = first_delay
+    for attempt in range(1, attempts + 1):
+        try:
+            return await call()
+        except ApiException as exc:
+            if exc.status not in RETRIABLE_STATUS:
+                raise ApiError(exc.status, _message(exc)) from None
+            problem = f"{exc.status} {_message(exc)}"
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+        if attempt == attempts:
+            raise TransientApiError(problem)
+        log.debug("retrying after %s (attempt %d)", problem, attempt)
+        await asyncio.sleep(delay)
+        delay *= 2
+    raise AssertionError("unreachable")
+
+
+class Kube:
+    """A kubernetes-asyncio client narrowed to what the operator needs."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+
+    @classmethod
+    async def connect(cls, kubeconfig: str | None = None) -> Kube:
+        """Use the in-cluster service account when present, else the kubeconfig (or $KUBECONFIG)."""
+        if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+            config.load_incluster_config()
+            return cls(client.ApiClient())
+        return cls(await config.new_client_from_config(config_file=kubeconfig))
+
+    async def close(self) -> None:
+        await self.api.close()
+
+    async def _call(self, path: str, method: str, *, body: Any = None,
+                    query: list[tuple[str, str]] | None = None,
+                    content_type: str | None = None) -> dict[str, Any]:
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        return await self.api.call_api(
+            path, method, query_params=query or [], header_params=headers, body=body,
+            response_types_map={200: "object", 201: "object"}, auth_settings=["BearerToken"],
+            _return_http_data_only=True,
+        )
+
+    async def apply(self, obj: dict[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
+        """Server-side apply ``obj`` (create or update) as field manager "kuberl"; return the stored object."""
+        meta = obj["metadata"]
+        path = object_path(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
+        query = [("fieldManager", FIELD_MANAGER), ("force", "true")]
+        if dry_run:
+            query.append(("dryRun", "All"))
+        return await with_retries(
+            lambda: self._call(path, "PATCH", body=obj, query=query,
+                               content_type="application/apply-patch+yaml")
+        )
+
+    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """Return the object, or None when it does not exist."""
+        path = object_path(api_version, kind, namespace, name)
+        try:
+            return await with_retries(lambda: self._call(path, "GET"))
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self.get(API_VERSION, "RLTrainingJob", namespace, name)
+
+    async def patch_job_status(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """Merge-patch the job's status subresource (only the keys in ``patch`` change)."""
+        path = object_path(API_VERSION, "RLTrainingJob", namespace, name) + "/status"
+        return await with_retries(
+            lambda: self._call(path, "PATCH", body=patch,
+                               content_type="application/merge-patch+json")
+        )

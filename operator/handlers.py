@@ -1,0 +1,177 @@
+"""The kopf shell: gather the job and its RayJob, call the pure core, apply the result, record status.
+
+One idempotent ``reconcile`` serves create, resume and update (apply every child with server-side apply),
+a per-job timer (re-read the RayJob; recreate it if someone deleted it) and RayJob watch events (fold the
+RayJob's state into the job's status at once). Children are owned through ownerReferences, so deleting a
+job needs no handler and no finalizer: the garbage collector removes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from kuberl.api.job import GROUP, PLURAL, VERSION, RLTrainingJob, parse_job
+from kuberl.api.status import RLTrainingJobStatus
+from kuberl.errors import SpecError
+from kuberl.operator import labels, metrics, names
+from kuberl.operator.apply import ApiError, Kube, TransientApiError
+from kuberl.operator.metrics import PhaseTracker
+from kuberl.operator.render import RAYJOB_API_VERSION, render_children
+from kuberl.operator.settings import OperatorConfig, configure_kopf
+from kuberl.operator.status import fold_status, invalid_spec_status, phase_event, status_patch
+
+TRANSIENT_DELAY = 5  # seconds before kopf retries after the apiserver kept failing
+API_ERROR_DELAY = 30  # e.g. the RayJob CRD is missing or rejects the object: slow retry, loud event
+
+
+def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a kopf Body that make up an RLTrainingJob, as plain dicts."""
+    return {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec", "status") if k in body}
+
+
+def _previous_status(body: Mapping[str, Any]) -> RLTrainingJobStatus | None:
+    raw = body.get("status")
+    if not raw:
+        return None
+    try:
+        return RLTrainingJobStatus.model_validate(dict(raw))
+    except ValueError:
+        return None
+
+
+async def _write_status(
+    kube: Kube, body: Mapping[str, Any], previous: RLTrainingJobStatus | None,
+    new: RLTrainingJobStatus,
+) -> None:
+    """Patch the operator-owned status fields that changed; post an Event when the phase changed."""
+    meta = body["metadata"]
+    patch = status_patch(previous, new)
+    if patch:
+        await kube.patch_job_status(meta["namespace"], meta["name"], patch)
+    event = phase_event(previous.phase if previous else None, new)
+    if event is not None:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+
+
+async def reconcile(
+    body: Mapping[str, Any], memo: Any, *, rayjob: dict[str, Any] | None = None, apply: bool = True
+) -> None:
+    """Converge one job: apply its children (``apply``) or re-read them, then fold and write status.
+
+    With ``apply=False`` children are only re-applied when the RayJob is missing (deleted by someone
+    else) and the job is not finished; ``rayjob`` passes a RayJob already in hand (from a watch event).
+    """
+    kube: Kube = memo.kube
+    config: OperatorConfig = memo.config
+    meta = body["metadata"]
+    if meta.get("deletionTimestamp"):
+        return
+    now = datetime.now(UTC)
+    with metrics.timed_reconcile() as outcome:
+        try:
+            job: RLTrainingJob = parse_job(_plain(body))
+        except SpecError as exc:
+            outcome.result = metrics.INVALID
+            metrics.ERRORS.labels("spec").inc()
+            previous = _previous_status(body)
+            failed = invalid_spec_status(previous, str(exc), now, meta.get("generation"))
+            await _write_status(kube, body, previous, failed)
+            kopf.event(body, type="Warning", reason="InvalidSpec", message=str(exc)[:1024])
+            raise kopf.PermanentError(f"invalid spec: {exc}") from None
+        previous = job.status
+        if previous is not None and previous.phase is not None and previous.phase.is_terminal:
+            return  # finished jobs keep their status and are never restarted
+        try:
+            if not apply and rayjob is None:
+                rayjob = await kube.get(
+                    RAYJOB_API_VERSION, "RayJob", meta["namespace"], names.rayjob_name(meta["name"])
+                )
+                if rayjob is None:
+                    apply = True
+                    kopf.event(body, type="Normal", reason="RecreatingRayJob",
+                               message="the RayJob is missing; recreating it")
+            if apply:
+                for child in render_children(job, config.render_settings()).in_apply_order():
+                    rayjob = await kube.apply(child)  # the RayJob comes last
+            await _write_status(kube, body, previous, fold_status(job, rayjob, now))
+        except TransientApiError as exc:
+            outcome.result = metrics.RETRY
+            metrics.ERRORS.labels("transient").inc()
+            raise kopf.TemporaryError(f"apiserver unavailable: {exc}", delay=TRANSIENT_DELAY) from None
+        except ApiError as exc:
+            metrics.ERRORS.labels("api").inc()
+            kopf.event(body, type="Warning", reason="ReconcileFailed", message=str(exc)[:1024])
+            raise kopf.TemporaryError(f"apiserver refused: {exc}", delay=API_ERROR_DELAY) from None
+
+
+# --- handlers (registered by `register`, so the resync interval is a runtime setting) ---------------
+
+
+async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+    configure_kopf(settings)
+    config = memo.get("config") or OperatorConfig.from_env()
+    memo.config = config
+    memo.kube = await Kube.connect(config.kubeconfig)
+    memo.phases = PhaseTracker()
+    metrics.serve(config.metrics_port, config.metrics_addr)
+
+
+async def cleanup(memo: Any, **_: Any) -> None:
+    kube = memo.get("kube")
+    if kube is not None:
+        await kube.close()
+
+
+async def ensure(body: kopf.Body, memo: Any, **_: Any) -> None:
+    """Create, resume and update: apply every child, then fold status."""
+    await reconcile(body, memo)
+
+
+async def resync(body: kopf.Body, memo: Any, **_: Any) -> None:
+    """Timer: re-read the RayJob, recreate it if it vanished, fold status (level-triggered)."""
+    await reconcile(body, memo, apply=False)
+
+
+async def rayjob_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    """A RayJob we own changed or vanished: fold it into its job's status at once."""
+    meta = body["metadata"]
+    job_name = (meta.get("labels") or {}).get(labels.JOB_NAME)
+    if not job_name:
+        return
+    job = await memo.kube.get_job(meta["namespace"], job_name)
+    if job is None:
+        return
+    if type == "DELETED":
+        await reconcile(job, memo, apply=False)
+    else:
+        await reconcile(job, memo, rayjob=dict(body), apply=False)
+
+
+def job_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    """Track every job's phase for the jobs-by-phase gauge."""
+    meta = body["metadata"]
+    phases: PhaseTracker = memo.phases
+    if type == "DELETED":
+        phases.drop(meta["namespace"], meta["name"])
+    else:
+        phases.set(meta["namespace"], meta["name"], (body.get("status") or {}).get("phase"))
+
+
+def register(registry: kopf.OperatorRegistry, resync_seconds: float = 30.0) -> kopf.OperatorRegistry:
+    """Attach kuberl's handlers to ``registry``."""
+    job = (GROUP, VERSION, PLURAL)
+    kopf.on.startup(registry=registry)(startup)
+    kopf.on.cleanup(registry=registry)(cleanup)
+    kopf.on.resume(*job, registry=registry)(ensure)
+    kopf.on.create(*job, registry=registry)(ensure)
+    kopf.on.update(*job, registry=registry)(ensure)
+    kopf.timer(*job, interval=resync_seconds, initial_delay=resync_seconds, registry=registry)(resync)
+    kopf.on.event(*job, registry=registry)(job_event)
+    kopf.on.event(
+        "ray.io", "v1", "rayjobs", labels={labels.MANAGED_BY: labels.MANAGER}, registry=registry
+    )(rayjob_event)
+    return registry
