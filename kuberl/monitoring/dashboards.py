@@ -178,8 +178,8 @@ def operator() -> Dashboard:
                   (Query(reconcile_rate, "{{result}}"),), unit="ops"),
             Panel("Reconcile latency", "Reconcile duration quantiles.",
                   (Query(latency.format(q=0.5), "p50"), Query(latency.format(q=0.95), "p95")), unit="s"),
-            Panel("Reconcile errors / s", "Reconcile errors per second by reason.",
-                  (Query(f"sum by (reason) (rate({series.OPERATOR_ERRORS_TOTAL}[$__rate_interval]))", "{{reason}}"),),
+            Panel("Reconcile errors / s", "Reconcile errors per second by kind (api, transient, spec, internal).",
+                  (Query(f"sum by (kind) (rate({series.OPERATOR_ERRORS_TOTAL}[$__rate_interval]))", "{{kind}}"),),
                   unit="ops"),
         )),
     )

@@ -6,10 +6,18 @@ from ``kuberl.operator.metrics``. Both modules import only prometheus_client, so
 
 from __future__ import annotations
 
+from prometheus_client.metrics import MetricWrapperBase
+
+from kuberl.operator import metrics as operator_metrics
 from kuberl.worker.metrics import BY_KEY, JOB_LABEL, Kind
 
 # Label selectors every job-level query carries; Grafana fills the variables, tests substitute them.
 JOB_SELECTOR = f'{JOB_LABEL}=~"$rltj", namespace=~"$namespace"'
+
+
+def _name(collector: MetricWrapperBase) -> str:
+    """Return a prometheus_client collector's family name (without the _total a counter exports)."""
+    return collector.describe()[0].name
 
 
 def worker(key: str) -> str:
@@ -26,8 +34,8 @@ def job(key: str) -> str:
 
 STEP_HISTOGRAM = "kuberl_step_duration_seconds"  # MetricsExporter's histogram of time/step_s
 
-# Operator series (kuberl.operator.metrics). PENDING: replace with imports once that module lands.
-OPERATOR_JOBS_BY_PHASE = "kuberl_operator_jobs"
-OPERATOR_RECONCILE_TOTAL = "kuberl_operator_reconciles_total"
-OPERATOR_RECONCILE_SECONDS = "kuberl_operator_reconcile_duration_seconds"
-OPERATOR_ERRORS_TOTAL = "kuberl_operator_reconcile_errors_total"
+# Operator series, read off kuberl.operator.metrics' collectors (counters gain _total on export).
+OPERATOR_JOBS_BY_PHASE = _name(operator_metrics.JOBS)  # gauge, label phase
+OPERATOR_RECONCILE_TOTAL = _name(operator_metrics.RECONCILES) + "_total"  # label result
+OPERATOR_RECONCILE_SECONDS = _name(operator_metrics.RECONCILE_SECONDS)  # histogram, label result
+OPERATOR_ERRORS_TOTAL = _name(operator_metrics.ERRORS) + "_total"  # label kind

@@ -71,10 +71,10 @@ CASES = [
                                     'job="operator"}': "0x10 1x30"}),
     # One reconcile error a minute for 30 m fires after 10 m; no errors, no alert.
     Case("KuberlOperatorReconcileErrors", "25m",
-         {f'{series.OPERATOR_ERRORS_TOTAL}{{reason="ApiError", namespace="kuberl-system"}}': "0+1x30"},
+         {f'{series.OPERATOR_ERRORS_TOTAL}{{kind="api", namespace="kuberl-system"}}': "0+1x30"},
          [{"namespace": "kuberl-system"}], value=1 / 60),
     Case("KuberlOperatorReconcileErrors", "25m",
-         {f'{series.OPERATOR_ERRORS_TOTAL}{{reason="ApiError", namespace="kuberl-system"}}': "0x30"}),
+         {f'{series.OPERATOR_ERRORS_TOTAL}{{kind="api", namespace="kuberl-system"}}': "0x30"}),
 ]
 
 

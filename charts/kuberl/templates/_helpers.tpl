@@ -42,3 +42,7 @@ app.kubernetes.io/component: operator
 {{- define "kuberl.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
+
+{{- define "kuberl.workerImage" -}}
+{{- printf "%s:%s" .Values.operator.workerImage.repository (default .Chart.AppVersion .Values.operator.workerImage.tag) }}
+{{- end }}
