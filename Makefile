@@ -9,7 +9,9 @@ setup:
 	hack/setup-python.sh
 
 demo: setup
-	.venv/bin/kuberl train examples/local-tiny-grpo.yaml
+	.venv/bin/python examples/tiny/prepare.py
+	.venv/bin/kuberl train examples/tiny/job.yaml
+	.venv/bin/kuberl plot runs/tiny-grpo
 
 cluster-binaries:
 	hack/cluster/build.sh

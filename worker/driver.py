@@ -40,7 +40,10 @@ from kuberl.worker.rollout.engine_client import EngineClient
 from kuberl.worker.rollout.engine_host import EngineHost
 from kuberl.worker.rollout.partial_rollout_buffer import PartialRolloutBuffer
 from kuberl.worker.rollout.sample import Sample
-from kuberl.worker.rollout_inputs import PromptSource, build_grader, load_hook
+from kuberl.worker.import_path import load_callable
+from kuberl.worker.prompt_source import PromptSource
+from kuberl.worker.rewards.pool import GradingPool, default_workers
+from kuberl.worker.rewards.scorer import RewardConfig, Scorer
 from kuberl.worker.train.batch import TrainSample
 from kuberl.worker.train.trainer_actor import TrainerActor
 
@@ -108,6 +111,29 @@ def to_train_samples(groups: Sequence[Sequence[Sample]], config: WorkerConfig) -
     ]
 
 
+class Grader:
+    """Grades groups in place through a process pool shared by training and eval."""
+
+    def __init__(self, scorer: Scorer) -> None:
+        self.scorer = scorer
+
+    async def grade_group(self, group: list[Sample]) -> None:
+        await self.scorer.score(group)
+
+
+def build_grader(config: WorkerConfig, pool: GradingPool, rm_type: str | None = None) -> Grader:
+    reward = RewardConfig(
+        rm_type=rm_type or config.rm_type, custom_rm_path=config.custom_rm_path,
+        rm_url=config.rm_url, group_rm=config.group_rm,
+    )
+    return Grader(Scorer(reward, pool, args=config))
+
+
+def load_hook(path: str | None, field: str) -> Any:
+    """Load a user hook named in the spec (None when unset); errors name the spec field."""
+    return load_callable(path, f"spec.rollout.{field}") if path else None
+
+
 class Driver:
     """Owns Ray, the engines, the trainer, data, rewards and reporting for one job."""
 
@@ -126,7 +152,8 @@ class Driver:
             self.config.dynamic_sampling_filter_path, "dynamicSamplingFilterPath"
         )
         self.prompts = PromptSource.for_training(self.config)
-        self.grader = build_grader(self.config)
+        self.pool = GradingPool(workers=default_workers())
+        self.grader = build_grader(self.config, self.pool)
         self.weight_version = 0
         self.start_rollout = 0
         self._engines: list[Any] = []
@@ -250,7 +277,7 @@ class Driver:
         scores = []
         for eval_set in c.eval_sets:
             source = PromptSource.for_eval(c, eval_set)
-            grader = build_grader(c, eval_set.rm_type)
+            grader = build_grader(c, self.pool, eval_set.rm_type)
             settings = CollectorSettings(
                 target_groups=len(source),
                 over_sampling_groups=len(source),
@@ -407,7 +434,7 @@ class Driver:
         self._log_file.close()
         self.reporter.close()
         self.prompts.close()
-        self.grader.close()
+        self.pool.close()
 
 
 def _progress_bar(start: int, end: int, enabled: bool):
