@@ -103,6 +103,7 @@ async def reconcile(
             metrics.ERRORS.labels("transient").inc()
             raise kopf.TemporaryError(f"apiserver unavailable: {exc}", delay=TRANSIENT_DELAY) from None
         except ApiError as exc:
+            outcome.result = metrics.ERROR
             metrics.ERRORS.labels("api").inc()
             kopf.event(body, type="Warning", reason="ReconcileFailed", message=str(exc)[:1024])
             raise kopf.TemporaryError(f"apiserver refused: {exc}", delay=API_ERROR_DELAY) from None

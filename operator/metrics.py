@@ -24,6 +24,9 @@ ERRORS = Counter(
     "kuberl_operator_errors", "Errors while reconciling, by kind (api, transient, spec, internal).",
     ["kind"],
 )
+ERROR_KINDS = ("api", "transient", "spec", "internal")
+for _kind in ERROR_KINDS:  # export zeros from the start, so rate() and alerts see the series
+    ERRORS.labels(_kind)
 JOBS = Gauge("kuberl_operator_jobs", "RLTrainingJobs seen by this operator, by phase.", ["phase"])
 
 # Results a reconcile ends with (label values of RECONCILES / RECONCILE_SECONDS).
@@ -45,8 +48,9 @@ def timed_reconcile() -> Iterator[Outcome]:
     try:
         yield outcome
     except BaseException:
-        if outcome.result == OK:
+        if outcome.result == OK:  # not a failure the handler recognised: a bug or an unexpected answer
             outcome.result = ERROR
+            ERRORS.labels("internal").inc()
         raise
     finally:
         RECONCILES.labels(outcome.result).inc()
