@@ -42,6 +42,8 @@ DEFAULT_ENV: dict[str, str] = {
     "RAY_DEDUP_LOGS": "0",
 }
 
+DEFAULT_WORKER_IMAGE = "kuberl/worker:0.1.0"
+
 HEAD_PORTS = [
     {"name": "gcs-server", "containerPort": 6379},
     {"name": "dashboard", "containerPort": 8265},
@@ -54,7 +56,7 @@ HEAD_PORTS = [
 class RenderSettings:
     """Operator-wide defaults that are not part of a job's spec."""
 
-    default_image: str = "kuberl/worker:0.1.0"
+    default_image: str = DEFAULT_WORKER_IMAGE
     gpus_per_node: int = 8
     head_cpu: str = "4"
     head_memory: str = "16Gi"

@@ -8,9 +8,7 @@ from dataclasses import dataclass
 import kopf
 
 from kuberl.operator import labels
-from kuberl.operator.render import RenderSettings
-
-DEFAULT_WORKER_IMAGE = "kuberl/worker:0.1.0"
+from kuberl.operator.render import DEFAULT_WORKER_IMAGE, RenderSettings
 
 
 @dataclass(frozen=True)

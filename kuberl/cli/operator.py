@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from kuberl.operator.settings import DEFAULT_WORKER_IMAGE, OperatorConfig
+from kuberl.operator.render import DEFAULT_WORKER_IMAGE
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,6 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from kuberl.operator.run import run as run_operator
+    from kuberl.operator.settings import OperatorConfig
 
     kubeconfig = args.kubeconfig or os.environ.get("KUBECONFIG") or None
     if kubeconfig is None and not os.environ.get("KUBERNETES_SERVICE_HOST"):

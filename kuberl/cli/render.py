@@ -9,8 +9,7 @@ import sys
 import yaml
 
 from kuberl.api import load_jobs
-from kuberl.operator.render import RenderSettings, render_children
-from kuberl.operator.settings import DEFAULT_WORKER_IMAGE
+from kuberl.operator.render import DEFAULT_WORKER_IMAGE, RenderSettings, render_children
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
