@@ -84,7 +84,10 @@ class LocalPrometheus:
             if self._proc.poll() is not None:
                 raise PrometheusError(f"prometheus exited with {self._proc.returncode}: {self.log()[-2000:]}")
             try:
-                if self._client.get(f"{self.url}/-/ready").status_code == 200:
+                # Ready is not enough: target updates reach the scrape manager on a 5 s tick, so wait
+                # until every target has been scraped once (up or down) before anything is fed.
+                if (self._client.get(f"{self.url}/-/ready").status_code == 200
+                        and len(self._scraped()) == len(self.targets)):
                     return self
             except httpx.TransportError:
                 pass
@@ -136,6 +139,10 @@ class LocalPrometheus:
         """Return the matrix (``[{"metric": {...}, "values": [[t, "v"], ...]}]``) of ``expr``."""
         return self._get("/api/v1/query_range",
                          {"query": expr, "start": start, "end": end, "step": step})["result"]
+
+    def _scraped(self) -> list[dict[str, Any]]:
+        active = self._get("/api/v1/targets", {"state": "active"})["activeTargets"]
+        return [t for t in active if t["health"] != "unknown"]
 
     def targets_up(self) -> dict[str, bool]:
         """Return scrape job -> whether its target's last scrape succeeded."""

@@ -3,6 +3,7 @@ query returns data, the exported values are the ones fed in, and every alert exp
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import subprocess
@@ -127,3 +128,25 @@ def test_exposition_passes_promtool_lint(scraped) -> None:
     text = httpx.get(driver["scrapeUrl"]).text
     out = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_snapshot_draws_every_training_panel_with_data(scraped, tmp_path) -> None:
+    from kuberl.monitoring import snapshot
+
+    prom, _ = scraped
+    board = dashboards.to_grafana(dashboards.rl_training())
+    end = time.time()
+    out = tmp_path / "board.png"
+    empty = snapshot.draw(prom, board, end - 3 * STEPS, end, out, {"rltj": JOB})
+    assert empty == []
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_snapshot_reads_a_driver_metrics_log(tmp_path) -> None:
+    from kuberl.monitoring import snapshot
+
+    log = tmp_path / "metrics.jsonl"
+    log.write_text("\n".join(json.dumps({"rollout_id": i, "time": 0.0, **step_metrics(i)}) for i in range(3)))
+    steps = snapshot.load_steps(log)
+    assert [s["progress/rollout_id"] for s in steps] == [0.0, 1.0, 2.0]
+    assert steps[2]["rollout/reward_mean"] == step_metrics(2)["rollout/reward_mean"]
