@@ -31,23 +31,24 @@ from kuberl.api.resolve import WorkerConfig, resolve
 from kuberl.errors import KuberlError
 from kuberl.worker import checkpoint as ckpt
 from kuberl.worker.algo.advantages import compute_advantages
+from kuberl.worker.import_path import load_callable
 from kuberl.worker.metrics import MetricsExporter
 from kuberl.worker.placement import create_placement_groups, plan_placement
 from kuberl.worker.progress import ProgressReport, StatusReporter, in_cluster_target
+from kuberl.worker.prompt_source import PromptSource
+from kuberl.worker.rewards.pool import GradingPool, default_workers
+from kuberl.worker.rewards.scorer import RewardConfig, Scorer
 from kuberl.worker.rollout.balancer import EngineBalancer
 from kuberl.worker.rollout.dynamic_sampling import CollectorSettings, RolloutResult, collect_rollout
 from kuberl.worker.rollout.engine_client import EngineClient
 from kuberl.worker.rollout.engine_host import EngineHost
 from kuberl.worker.rollout.partial_rollout_buffer import PartialRolloutBuffer
 from kuberl.worker.rollout.sample import Sample
-from kuberl.worker.import_path import load_callable
-from kuberl.worker.prompt_source import PromptSource
-from kuberl.worker.rewards.pool import GradingPool, default_workers
-from kuberl.worker.rewards.scorer import RewardConfig, Scorer
 from kuberl.worker.train.batch import TrainSample
 from kuberl.worker.train.trainer_actor import TrainerActor
 
 log = logging.getLogger(__name__)
+logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the driver's log
 
 
 @dataclass
@@ -89,26 +90,39 @@ def rollout_metrics(result: RolloutResult, max_response_len: int, num_engines: i
     }
 
 
-def to_train_samples(groups: Sequence[Sequence[Sample]], config: WorkerConfig) -> list[TrainSample]:
-    """Pure: graded groups -> trainer inputs with per-token advantages (P*G samples)."""
-    samples = [s for g in groups for s in g]
-    rewards = torch.tensor([float(s.reward or 0.0) for s in samples])  # (P*G,)
-    advantages = compute_advantages(
-        rewards=rewards,
-        response_lengths=[s.response_length for s in samples],
-        group_size=config.n_samples_per_prompt,
-        algorithm=config.algorithm,
-    )  # list of (R,) tensors
+def to_train_samples(groups: Sequence[Sequence[Sample]]) -> list[TrainSample]:
+    """Pure: graded groups -> trainer inputs (P*G samples, advantages filled later)."""
     return [
         TrainSample(
             tokens=s.tokens,
             prompt_len=len(s.prompt_ids),
-            advantages=adv.tolist(),
+            advantages=[],
             loss_mask=list(s.loss_mask),
             rollout_logprobs=list(s.response_logprobs),
         )
-        for s, adv in zip(samples, advantages, strict=True)
+        for g in groups
+        for s in g
     ]
+
+
+def fill_advantages(
+    samples: list[TrainSample], rewards: Sequence[float], config: WorkerConfig
+) -> None:
+    """Set per-token advantages (R,) on every sample as ``spec.algorithm`` says."""
+    kl = None
+    if config.algorithm["kl_coef"] > 0 and all(s.ref_logprobs is not None for s in samples):
+        # KL penalty of the rollout policy to the reference, folded into REINFORCE++ rewards.
+        kl = [torch.tensor(s.old_logprobs) - torch.tensor(s.ref_logprobs) for s in samples]
+    advantages = compute_advantages(
+        rewards=torch.tensor([float(r) for r in rewards]),  # (P*G,)
+        response_lengths=[s.response_len for s in samples],
+        group_size=config.n_samples_per_prompt,
+        algorithm=config.algorithm,
+        kl=kl,
+        loss_masks=[torch.tensor(s.loss_mask, dtype=torch.float32) for s in samples],
+    )
+    for s, adv in zip(samples, advantages, strict=True):
+        s.advantages = adv.tolist()
 
 
 class Grader:
@@ -202,7 +216,7 @@ class Driver:
                 scheduling_strategy=on(groups["rollout"], i),
                 num_cpus=bundle.get("CPU", 1),
                 num_gpus=bundle.get("GPU", 0),
-            ).remote(spec, str(self.run_dir / f"engine-{i}.log"))
+            ).remote(spec, str(self.run_dir / f"engine-{i}.log"), self.options.in_cluster)
             for i, bundle in enumerate(plan.rollout_bundles)
         ]
         self.engine_urls = ray.get([e.start.remote() for e in self._engines])
@@ -306,16 +320,16 @@ class Driver:
 
         c = self.config
         t0 = time.perf_counter()
-        samples = to_train_samples(groups, c)
+        samples = to_train_samples(groups)
         old = ray.get(self.trainer.compute_logprobs.remote(samples))
-        ref = (
-            ray.get(self.trainer.compute_logprobs.remote(samples, True))
-            if c.algorithm["use_kl_loss"] and c.algorithm["kl_loss_coef"] > 0
-            else None
+        needs_ref = (c.algorithm["use_kl_loss"] and c.algorithm["kl_loss_coef"] > 0) or (
+            c.algorithm["kl_coef"] > 0
         )
+        ref = ray.get(self.trainer.compute_logprobs.remote(samples, True)) if needs_ref else None
         for i, s in enumerate(samples):
             s.old_logprobs = old[i]
             s.ref_logprobs = ref[i] if ref is not None else None
+        fill_advantages(samples, [float(s.reward or 0.0) for g in groups for s in g], c)
         t1 = time.perf_counter()
         merged: dict[str, list[float]] = {}
         step_size = max(1, len(samples) // c.num_steps_per_rollout)

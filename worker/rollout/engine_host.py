@@ -34,14 +34,16 @@ def node_ip() -> str:
 class EngineHost:
     """Owns one engine process; ``start`` returns its URL once ``/health_generate`` answers."""
 
-    def __init__(self, spec: dict[str, Any], log_path: str | None = None) -> None:
+    def __init__(self, spec: dict[str, Any], log_path: str | None = None,
+                 reachable: bool = False) -> None:
         self.spec_args = spec
         self.log_path = log_path
+        self.reachable = reachable  # listen on the pod IP (cluster) instead of loopback (local)
         self.process: ManagedProcess | None = None
 
     def start(self, timeout_s: float = 900.0) -> str:
-        ip = node_ip()
-        host = "127.0.0.1" if ip == "127.0.0.1" else "0.0.0.0"
+        ip = node_ip() if self.reachable else "127.0.0.1"
+        host = "0.0.0.0" if self.reachable else "127.0.0.1"
         spec = EngineSpec(**{**self.spec_args, "port": free_port(), "host": host})
         self.process = launch_engine(spec, self.log_path)
         asyncio.run(self.process.wait_ready(timeout_s))

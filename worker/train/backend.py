@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import torch
+
 from kuberl.worker.train.batch import TrainSample
 
 

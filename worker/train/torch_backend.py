@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
 from kuberl.worker.algo import losses
 from kuberl.worker.algo.packing import pack_micro_batches
 from kuberl.worker.train.batch import TrainSample
@@ -95,7 +96,7 @@ class TorchBackend:
         self.model.to(self.device).train()
         algo = config.algorithm
         self.ref_model = None
-        if algo.get("use_kl_loss") and algo.get("kl_loss_coef", 0.0) > 0:
+        if (algo.get("use_kl_loss") and algo.get("kl_loss_coef", 0.0) > 0) or algo.get("kl_coef", 0.0) > 0:
             source = config.ref_load if config.ref_load and Path(config.ref_load).is_dir() else None
             self.ref_model = AutoModelForCausalLM.from_pretrained(
                 source or config.hf_checkpoint, dtype=dtype
