@@ -8,6 +8,7 @@ job needs no handler and no finalizer: the garbage collector removes them.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -112,6 +113,13 @@ async def reconcile(
 # --- handlers (registered by `register`, so the resync interval is a runtime setting) ---------------
 
 
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """kopf's own API credentials: the pod's service account in a cluster, else $KUBECONFIG."""
+    if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
+        return kopf.login_with_service_account(**kwargs)
+    return kopf.login_with_kubeconfig(**kwargs)
+
+
 async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     configure_kopf(settings)
     config = memo.get("config") or OperatorConfig.from_env()
@@ -165,6 +173,7 @@ def job_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
 def register(registry: kopf.OperatorRegistry, resync_seconds: float = 30.0) -> kopf.OperatorRegistry:
     """Attach kuberl's handlers to ``registry``."""
     job = (GROUP, VERSION, PLURAL)
+    kopf.on.login(registry=registry)(login)
     kopf.on.startup(registry=registry)(startup)
     kopf.on.cleanup(registry=registry)(cleanup)
     kopf.on.resume(*job, registry=registry)(ensure)

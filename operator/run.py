@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 import kopf
 
@@ -15,6 +16,8 @@ log = logging.getLogger(__name__)
 
 async def serve(config: OperatorConfig, stop_flag: asyncio.Event | None = None) -> None:
     """Watch RLTrainingJobs and their RayJobs in ``config.namespaces`` (all when empty)."""
+    if config.kubeconfig:  # kopf's own login reads $KUBECONFIG; keep both clients on one cluster
+        os.environ["KUBECONFIG"] = config.kubeconfig
     registry = register(kopf.OperatorRegistry(), config.resync_seconds)
     log.info(
         "kuberl operator watching %s; metrics on :%s",
@@ -33,6 +36,5 @@ async def serve(config: OperatorConfig, stop_flag: asyncio.Event | None = None) 
 
 def run(config: OperatorConfig) -> int:
     """Blocking entry point; returns the exit code."""
-    kopf.configure(verbose=False)
     asyncio.run(serve(config))
     return 0
