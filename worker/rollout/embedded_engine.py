@@ -262,7 +262,7 @@ class EmbeddedEngine:
             "prompt_tokens": len(req.input_ids),
             "completion_tokens": len(req.output_ids),
             "cached_tokens": 0,
-            "weight_version": self.scheduler.weight_version,
+            "weight_version": req.weight_version or self.scheduler.weight_version,
             "e2e_latency": time.monotonic() - req.created,
         }
         if len(req.weight_versions) > 1:

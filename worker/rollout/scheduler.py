@@ -40,6 +40,7 @@ class GenerationRequest:
     input_logprobs: list[float | None] = field(default_factory=list)
     finish_reason: dict[str, Any] | None = None
     weight_versions: list[dict[str, Any]] = field(default_factory=list)
+    weight_version: str | None = None  # the engine's version when the request finished
     created: float = field(default_factory=time.monotonic)
     generator: torch.Generator | None = None
 
@@ -208,6 +209,7 @@ class Scheduler:
 
     def _finish(self, r: GenerationRequest, reason: dict[str, Any]) -> None:
         r.finish_reason = reason
+        r.weight_version = self.weight_version
         if reason["type"] == "abort":
             self.counters["aborted"] += 1
         if r.on_update:

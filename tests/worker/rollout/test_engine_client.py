@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from kuberl.worker.rollout.engine_client import (
+    EngineClient,
+    EngineHTTPError,
+    GenerateOutput,
+    error_message,
+)
+from tests.worker.conftest import free_port
+
+
+@pytest.mark.parametrize(("status", "body", "message"), [
+    (400, {"error": "Either text or input_ids should be provided."}, "Either text"),
+    (400, {"error": {"message": "The input (9 tokens) is longer"}}, "The input (9 tokens)"),
+    (400, {"object": "error", "message": "bad type", "type": "Bad Request", "code": 400},
+     "bad type"),
+    (400, {"success": False, "message": "no such file"}, "no such file"),
+])
+def test_error_message_reads_every_sglang_error_shape(status, body, message):
+    assert error_message(httpx.Response(status, json=body)).startswith(message)
+    assert error_message(httpx.Response(400, text="Cache not flushed")) == "Cache not flushed"
+
+
+def test_generate_output_takes_tokens_and_logprobs_from_the_triples():
+    body = {"text": "hi", "output_ids": [5, 6],
+            "meta_info": {"id": "r", "finish_reason": {"type": "stop", "matched": 6},
+                          "weight_version": "3", "output_token_logprobs": [[-0.5, 5, None],
+                                                                           [-1.5, 6, None]]}}
+    out = GenerateOutput.from_json(body)
+    assert (out.output_ids, out.logprobs, out.finish_type, out.weight_version) == (
+        [5, 6], [-0.5, -1.5], "stop", "3")
+
+
+def test_generate_output_refuses_disagreeing_tokens_and_unknown_finish():
+    bad = {"output_ids": [5, 7], "meta_info": {"finish_reason": {"type": "length"},
+                                               "output_token_logprobs": [[0, 5, None], [0, 6, None]]}}
+    with pytest.raises(EngineHTTPError, match="disagree"):
+        GenerateOutput.from_json(bad)
+    with pytest.raises(EngineHTTPError, match="finish_reason"):
+        GenerateOutput.from_json({"meta_info": {"finish_reason": {"type": "weird"}}})
+
+
+def test_queued_abort_output_with_reduced_meta_info_parses():
+    out = GenerateOutput.from_json({"meta_info": {
+        "id": "x", "finish_reason": {"type": "abort", "message": "Abort in waiting queue"},
+        "weight_version": "default", "e2e_latency": 0.1}})
+    assert out.output_ids == [] and out.finish_type == "abort" and out.prompt_tokens is None
+
+
+async def test_unreachable_engine_is_retryable_and_generate_is_not_retried():
+    url = f"http://127.0.0.1:{free_port()}"
+    async with EngineClient(url, retries=2, backoff_s=0.01) as c:
+        assert await c.health() is False
+        with pytest.raises(EngineHTTPError) as err:
+            await c.generate([1], {})
+    assert err.value.retryable and err.value.status is None and "unreachable" in str(err.value)

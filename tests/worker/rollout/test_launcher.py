@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from kuberl.errors import EngineError
+from kuberl.worker.rollout.launcher import EngineSpec, engine_command, router_command
+
+
+def test_sglang_command_sets_tp_and_converts_camel_case_passthrough():
+    spec = EngineSpec(model_path="/ckpt/glm", port=30001, host="0.0.0.0", kind="sglang", tp_size=2,
+                      server_args={"memFractionStatic": 0.7, "enableMemorySaver": True,
+                                   "disableRadixCache": False})
+    argv = engine_command(spec, python="python")
+    assert argv[:3] == ["python", "-m", "sglang.launch_server"]
+    assert argv[argv.index("--tp-size") + 1] == "2"
+    assert argv[argv.index("--mem-fraction-static") + 1] == "0.7"
+    assert "--enable-memory-saver" in argv and "--disable-radix-cache" not in argv
+    assert spec.url == "http://127.0.0.1:30001"
+
+
+def test_embedded_command_uses_the_module_and_refuses_tensor_parallel():
+    argv = engine_command(EngineSpec(model_path="m", port=5, server_args=["--foo", "1"]))
+    assert argv[:3] == [sys.executable, "-m", "kuberl.worker.rollout.embedded_engine"]
+    assert argv[-2:] == ["--foo", "1"]
+    with pytest.raises(EngineError, match="one device"):
+        engine_command(EngineSpec(model_path="m", port=5, tp_size=2))
+
+
+def test_passthrough_may_not_override_what_the_launcher_owns():
+    with pytest.raises(EngineError, match="--tp-size"):
+        engine_command(EngineSpec(model_path="m", port=5, kind="sglang",
+                                  server_args={"tpSize": 4}))
+
+
+def test_router_command_disables_retries_and_lists_workers():
+    argv = router_command(["http://a:1", "http://b:2"], 30000, policy="round_robin")
+    assert argv[:2] == ["smg", "launch"] and "--disable-retries" in argv
+    assert argv[argv.index("--worker-urls") + 1:][:2] == ["http://a:1", "http://b:2"]
