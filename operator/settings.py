@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -48,5 +49,6 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     settings.persistence.finalizer = labels.FINALIZER
     settings.watching.client_timeout = 300
     settings.watching.server_timeout = 270
-    settings.posting.level = 20  # logging.INFO: post Normal and Warning events, not debug chatter
+    # kopf turns its own log lines at this level or above into Events; ours are posted explicitly.
+    settings.posting.level = logging.WARNING
     settings.networking.request_timeout = 30

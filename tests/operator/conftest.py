@@ -55,13 +55,14 @@ def wait_for(check: Callable[[], T | None], timeout: float = 20.0, interval: flo
 class Kubectl:
     """kubectl bound to one kubeconfig (and optionally a namespace)."""
 
-    def __init__(self, kubeconfig: str, namespace: str | None = None) -> None:
+    def __init__(self, kubeconfig: str, namespace: str | None = None,
+                 binary: str | None = None) -> None:
         self.kubeconfig = kubeconfig
         self.namespace = namespace
-        self.binary = kubectl_binary()
+        self.binary = binary or kubectl_binary()
 
     def in_namespace(self, namespace: str) -> Kubectl:
-        return Kubectl(self.kubeconfig, namespace)
+        return Kubectl(self.kubeconfig, namespace, self.binary)
 
     def run(self, *args: str, input: str | None = None, check: bool = True
             ) -> subprocess.CompletedProcess[str]:
@@ -102,24 +103,15 @@ class Kubectl:
 
 
 @pytest.fixture(scope="session")
-def kubeconfig(request: pytest.FixtureRequest) -> str:
-    """The kubeconfig of the session's real control plane (tests/conftest.py's ``kube_cluster``).
-
-    ``KUBERL_TEST_KUBECONFIG`` points the tests at another cluster instead.
-    """
-    explicit = os.environ.get("KUBERL_TEST_KUBECONFIG")
-    if explicit:
-        return explicit
-    try:
-        cluster = request.getfixturevalue("kube_cluster")
-    except pytest.FixtureLookupError:
-        pytest.skip("no kube_cluster fixture (tests/conftest.py) and no KUBERL_TEST_KUBECONFIG")
-    return str(getattr(cluster, "kubeconfig", cluster))
+def kubeconfig(kube_cluster: Any) -> str:
+    """The kubeconfig of the session's real control plane (tests/conftest.py)."""
+    return str(kube_cluster.kubeconfig)
 
 
 @pytest.fixture(scope="session")
-def kubectl(kubeconfig: str) -> Kubectl:
-    kc = Kubectl(kubeconfig)
+def kubectl(kube_cluster: Any) -> Kubectl:
+    """kubectl on the test cluster, with kuberl's CRD applied (the session cluster has it already)."""
+    kc = Kubectl(str(kube_cluster.kubeconfig), binary=kube_cluster.kubectl_binary)
     kc.run("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
     kc.run("wait", "--for=condition=Established", "crd/rltrainingjobs.kuberl.io", "--timeout=60s")
     if kc.run("get", "crd", "rayjobs.ray.io", check=False).returncode != 0:

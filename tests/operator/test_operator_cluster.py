@@ -173,9 +173,12 @@ def test_status_follows_rayjob_states_and_driver_progress(
     st = wait_phase(kc, name, "Succeeded")
     assert condition(st, "Succeeded")["status"] == "True"
     assert st["progress"]["lastCheckpoint"] == "/data/ckpt/iter_40"  # the operator kept the driver's
-    events = kc.list("events")
-    reasons = {e["reason"] for e in events if e["involvedObject"]["name"] == name}
-    assert {"Pending", "Starting", "Running", "Succeeded"} <= reasons, reasons
+
+    def reasons() -> set[str]:
+        return {e["reason"] for e in kc.list("events") if e["involvedObject"]["name"] == name}
+
+    wait_for(lambda: {"Pending", "Starting", "Running", "Succeeded"} <= reasons(),
+             what="an Event per phase change")
 
 
 def test_failed_rayjob_fails_the_job_with_kuberays_reason_and_is_not_recreated(
@@ -190,9 +193,9 @@ def test_failed_rayjob_fails_the_job_with_kuberays_reason_and_is_not_recreated(
     failed = condition(st, "Failed")
     assert (failed["status"], failed["reason"]) == ("True", "DeadlineExceeded")
     assert "activeDeadlineSeconds" in failed["message"]
-    warnings = [e for e in kc.list("events") if e["involvedObject"]["name"] == name
-                and e["type"] == "Warning"]
-    assert any(e["reason"] == "Failed" for e in warnings)
+    wait_for(lambda: any(e["reason"] == "Failed" and e["type"] == "Warning"
+                         for e in kc.list("events") if e["involvedObject"]["name"] == name),
+             what="a Warning event for the failure")
     kc.run("delete", "rayjob", name)
     time.sleep(3 * operator.resync)
     assert kc.get("rayjob", name) is None  # a finished job is never restarted
@@ -270,8 +273,9 @@ def test_rayjob_deleted_by_someone_else_is_recreated(
     again = wait_for(lambda: (r := kc.get("rayjob", name)) and r["metadata"]["uid"] != first and r,
                      timeout=6 * operator.resync + 10, what="recreated RayJob")
     assert again["metadata"]["labels"]["kuberl.io/job-name"] == name
-    events = [e["reason"] for e in kc.list("events") if e["involvedObject"]["name"] == name]
-    assert "RecreatingRayJob" in events
+    wait_for(lambda: "RecreatingRayJob" in [
+        e["reason"] for e in kc.list("events") if e["involvedObject"]["name"] == name],
+        what="the RecreatingRayJob event")
 
 
 @pytest.mark.slow
