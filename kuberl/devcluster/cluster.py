@@ -1,0 +1,351 @@
+"""A real Kubernetes control plane on loopback: etcd, kube-apiserver, kube-controller-manager, kube-scheduler
+and kwok (fake 8×H100 nodes), started from the binaries ``hack/cluster/build.sh`` caches.
+
+Start order matters: the CRDs (KubeRay's and every YAML in ``crds/``) are installed before the controller
+manager starts, so its garbage collector knows those types at once instead of after a ~30 s discovery resync.
+All state (PKI, etcd data, logs, kubeconfig, ``state.json``) lives in one directory; ``stop_cluster`` reads
+``state.json``, so any process can tear a cluster down.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kuberl.devcluster import processes
+from kuberl.devcluster.binaries import BUILD_SCRIPT, Binaries, cache_root, find_binaries
+from kuberl.devcluster.nodes import h100_nodes
+from kuberl.devcluster.pki import Pki, kubeconfig_yaml, write_pki
+from kuberl.devcluster.processes import ProcessRecord
+from kuberl.errors import ClusterError
+
+log = logging.getLogger(__name__)
+
+REPO_CRDS = Path(__file__).resolve().parents[2] / "crds"
+STATE_FILE = "state.json"
+KUBERAY_NAMESPACE = "kuberay-system"  # the only namespace a real KubeRay operator watches, if one runs
+_STOP_ORDER = ("kuberay-operator", "kwok", "kube-scheduler", "kube-controller-manager",
+               "kube-apiserver", "etcd")
+
+
+@dataclass
+class ClusterState:
+    """Everything needed to use or stop a running cluster; persisted as ``<directory>/state.json``."""
+
+    directory: Path
+    kubeconfig: Path
+    server: str
+    bin_dir: Path
+    owns_directory: bool
+    processes: list[ProcessRecord] = field(default_factory=list)
+    kuberay_operator: bool = False
+
+    def save(self) -> None:
+        data = {"directory": str(self.directory), "kubeconfig": str(self.kubeconfig),
+                "server": self.server, "bin_dir": str(self.bin_dir),
+                "owns_directory": self.owns_directory, "kuberay_operator": self.kuberay_operator,
+                "processes": [p.to_json() for p in self.processes]}
+        tmp = self.directory / (STATE_FILE + ".tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        tmp.replace(self.directory / STATE_FILE)
+
+    @classmethod
+    def load(cls, directory: Path) -> ClusterState:
+        path = directory / STATE_FILE
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ClusterError(f"no cluster state at {path}; start one with `kuberl dev cluster up`"
+                               " or pass the directory it printed") from None
+        return cls(directory=Path(data["directory"]), kubeconfig=Path(data["kubeconfig"]),
+                   server=data["server"], bin_dir=Path(data["bin_dir"]),
+                   owns_directory=bool(data["owns_directory"]),
+                   kuberay_operator=bool(data.get("kuberay_operator")),
+                   processes=[ProcessRecord(**p) for p in data["processes"]])
+
+
+class Cluster:
+    """A handle on a running (or externally given) cluster: kubeconfig plus kubectl helpers."""
+
+    def __init__(self, kubeconfig: Path, kubectl_binary: str, state: ClusterState | None = None) -> None:
+        self.kubeconfig = kubeconfig
+        self.kubectl_binary = kubectl_binary
+        self.state = state
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment variables that point clients (kubectl, kopf, kubernetes-asyncio) at this cluster."""
+        return {"KUBECONFIG": str(self.kubeconfig)}
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True,
+                timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run kubectl against this cluster; with ``check`` a failure raises ClusterError with stderr."""
+        cmd = [self.kubectl_binary, "--kubeconfig", str(self.kubeconfig), *args]
+        proc = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise ClusterError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
+        return proc
+
+    def apply(self, docs: dict[str, Any] | Sequence[dict[str, Any]], *args: str,
+              check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Server-side apply of one manifest or a list of them (field manager ``kuberl-dev``)."""
+        items = [docs] if isinstance(docs, dict) else list(docs)
+        return self.kubectl("apply", "--server-side", "--field-manager=kuberl-dev", "-f", "-", *args,
+                            input=yaml.safe_dump_all(items), check=check)
+
+    def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+        """The object as a dict, or None when it does not exist."""
+        args = ["get", kind, name, "-o", "json"] + (["-n", namespace] if namespace else [])
+        proc = self.kubectl(*args, check=False)
+        if proc.returncode != 0:
+            if "NotFound" in proc.stderr:
+                return None
+            raise ClusterError(f"kubectl get {kind} {name} failed: {proc.stderr.strip()}")
+        return json.loads(proc.stdout)
+
+
+# --- readiness probes -------------------------------------------------------------------------------------
+
+
+def _wait(what: str, probe: Callable[[], bool], timeout: float,
+          watch: Sequence[ProcessRecord] = ()) -> None:
+    """Poll ``probe`` until true; fail early when a watched process died, with its log tail."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for rec in watch:
+            if not processes.is_running(rec):
+                raise ClusterError(f"{rec.name} exited while waiting for {what}; log {rec.log}:\n"
+                                   f"{processes.log_tail(rec)}")
+        try:
+            if probe():
+                return
+        except (OSError, subprocess.SubprocessError, ValueError):
+            pass
+        time.sleep(0.1)
+    tails = "\n".join(f"--- {rec.name} ({rec.log}):\n{processes.log_tail(rec, 10)}" for rec in watch)
+    raise ClusterError(f"timed out after {timeout:.0f} s waiting for {what}\n{tails}")
+
+
+def _http_ok(url: str, context: ssl.SSLContext | None = None, expect: str | None = None) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2, context=context) as resp:
+            body = resp.read().decode(errors="replace")
+    except urllib.error.URLError:
+        return False
+    return resp.status == 200 and (expect is None or expect in body)
+
+
+def _client_context(pki: Pki) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(pki.ca_cert))
+    ctx.load_cert_chain(str(pki.admin_cert), str(pki.admin_key))
+    return ctx
+
+
+def _unverified_context() -> ssl.SSLContext:
+    """For the self-signed health endpoints of the controller manager and scheduler (loopback only)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+# --- component command lines ------------------------------------------------------------------------------
+
+
+def _etcd_argv(b: Binaries, data: Path, client: int, peer: int) -> list[str]:
+    return [b.path("etcd"), "--name=default", f"--data-dir={data}",
+            f"--listen-client-urls=http://127.0.0.1:{client}",
+            f"--advertise-client-urls=http://127.0.0.1:{client}",
+            f"--listen-peer-urls=http://127.0.0.1:{peer}",
+            f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
+            f"--initial-cluster=default=http://127.0.0.1:{peer}",
+            "--unsafe-no-fsync=true",  # throwaway data: no fsync keeps writes fast on a shared disk
+            "--log-level=warn"]
+
+
+def _apiserver_argv(b: Binaries, pki: Pki, cert_dir: Path, etcd: int, port: int) -> list[str]:
+    return [b.path("kube-apiserver"), f"--etcd-servers=http://127.0.0.1:{etcd}",
+            f"--cert-dir={cert_dir}", f"--tls-cert-file={pki.serving_cert}",
+            f"--tls-private-key-file={pki.serving_key}", f"--client-ca-file={pki.ca_cert}",
+            f"--secure-port={port}", "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            "--service-cluster-ip-range=10.0.0.0/24", "--authorization-mode=RBAC",
+            "--allow-privileged=true", f"--service-account-issuer=https://127.0.0.1:{port}",
+            f"--service-account-key-file={pki.sa_public}",
+            f"--service-account-signing-key-file={pki.sa_private}",
+            # Pods may be created right after their namespace, before the default ServiceAccount exists.
+            "--disable-admission-plugins=ServiceAccount",
+            "--endpoint-reconciler-type=none", "--profiling=false", "--v=1"]
+
+
+def _controller_manager_argv(b: Binaries, pki: Pki, kubeconfig: Path, cert_dir: Path,
+                             port: int) -> list[str]:
+    return [b.path("kube-controller-manager"), f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}", f"--authorization-kubeconfig={kubeconfig}",
+            "--leader-elect=false", f"--service-account-private-key-file={pki.sa_private}",
+            f"--root-ca-file={pki.ca_cert}", "--use-service-account-credentials=false",
+            f"--secure-port={port}", "--bind-address=127.0.0.1", f"--cert-dir={cert_dir}",
+            "--concurrent-gc-syncs=5", "--profiling=false", "--v=1"]
+
+
+def _scheduler_argv(b: Binaries, kubeconfig: Path, cert_dir: Path, port: int) -> list[str]:
+    return [b.path("kube-scheduler"), f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}", f"--authorization-kubeconfig={kubeconfig}",
+            "--leader-elect=false", f"--secure-port={port}", "--bind-address=127.0.0.1",
+            f"--cert-dir={cert_dir}", "--profiling=false", "--v=1"]
+
+
+def _kwok_argv(b: Binaries, kubeconfig: Path) -> list[str]:
+    return [b.path("kwok"), f"--kubeconfig={kubeconfig}", "--manage-all-nodes=false",
+            "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+            "--manage-nodes-with-label-selector=",
+            "--disregard-status-with-annotation-selector=kwok.x-k8s.io/status=custom",
+            "--cidr=10.244.0.1/16", "--node-ip=10.96.0.1"]
+
+
+def _kuberay_argv(operator: Path, metrics: int, probe: int) -> list[str]:
+    return [str(operator), f"--metrics-addr=127.0.0.1:{metrics}",
+            f"--health-probe-bind-address=127.0.0.1:{probe}", "--enable-leader-election=false",
+            f"--watch-namespace={KUBERAY_NAMESPACE}", "--log-stdout-encoder=console"]
+
+
+# --- start and stop ---------------------------------------------------------------------------------------
+
+
+def crd_files(extra_dirs: Sequence[Path] = (REPO_CRDS,)) -> list[Path]:
+    """Every ``*.yaml`` in ``extra_dirs`` (our own CRDs), in a stable order."""
+    return sorted(p for d in extra_dirs if d.is_dir() for p in d.glob("*.y*ml"))
+
+
+def start_cluster(directory: Path | None = None, *, nodes: int = 2,
+                  crd_dirs: Sequence[Path] = (REPO_CRDS,), kuberay_operator: bool = False,
+                  timeout: float = 90.0, binaries: Binaries | None = None,
+                  remove_on_stop: bool | None = None) -> Cluster:
+    """Start a cluster and return its handle once every component is ready and ``nodes`` fake H100 nodes
+    are Ready. On any failure everything already started is stopped before ClusterError is raised.
+
+    Without ``directory`` a temporary one is made and removed on stop (``remove_on_stop`` overrides)."""
+    b = binaries or find_binaries()
+    owns = directory is None if remove_on_stop is None else remove_on_stop
+    directory = Path(tempfile.mkdtemp(prefix="kuberl-cluster-")) if directory is None else directory
+    if (directory / STATE_FILE).exists():
+        old = ClusterState.load(directory)
+        if any(processes.is_running(p) for p in old.processes):
+            raise ClusterError(f"a cluster is already running from {directory}; stop it with "
+                               f"`kuberl dev cluster down --dir {directory}` first")
+        shutil.rmtree(directory)  # a crashed cluster's leftovers: stale etcd data and certificates
+    directory.mkdir(parents=True, exist_ok=True)
+    logs = directory / "logs"
+    kubeconfig = directory / "kubeconfig"
+    pki = write_pki(directory / "pki")
+    etcd_client, etcd_peer, api, kcm, sched = (processes.free_port() for _ in range(5))
+    state = ClusterState(directory=directory, kubeconfig=kubeconfig,
+                         server=f"https://127.0.0.1:{api}", bin_dir=b.bin_dir, owns_directory=owns)
+    cluster = Cluster(kubeconfig, b.path("kubectl"), state)
+
+    def spawn(name: str, argv: list[str], env: dict[str, str] | None = None) -> ProcessRecord:
+        rec = processes.spawn(name, argv, logs, env)
+        state.processes.append(rec)
+        state.save()  # recorded before waiting, so `down` from elsewhere can always clean up
+        return rec
+
+    started = time.monotonic()
+    try:
+        etcd = spawn("etcd", _etcd_argv(b, directory / "etcd", etcd_client, etcd_peer))
+        _wait("etcd /health", lambda: _http_ok(f"http://127.0.0.1:{etcd_client}/health",
+                                               expect='"health":"true"'), timeout, [etcd])
+        apiserver = spawn("kube-apiserver",
+                          _apiserver_argv(b, pki, directory / "apiserver", etcd_client, api))
+        ctx = _client_context(pki)
+        _wait("kube-apiserver /readyz", lambda: _http_ok(f"{state.server}/readyz", ctx), timeout,
+              [etcd, apiserver])
+        kubeconfig.write_text(kubeconfig_yaml(state.server, pki))
+        kubeconfig.chmod(0o600)
+
+        files = sorted(b.kuberay_crds.glob("ray.io_*.yaml")) + crd_files(crd_dirs)
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=kuberl-dev",
+                        *(a for f in files for a in ("-f", str(f))), timeout=timeout)
+        cluster.kubectl("wait", "--for=condition=Established", "crd", "--all",
+                        f"--timeout={int(timeout)}s", timeout=timeout + 5)
+
+        watch = [etcd, apiserver]
+        watch.append(spawn("kube-controller-manager", _controller_manager_argv(
+            b, pki, kubeconfig, directory / "controller-manager", kcm)))
+        watch.append(spawn("kube-scheduler", _scheduler_argv(b, kubeconfig, directory / "scheduler",
+                                                             sched)))
+        watch.append(spawn("kwok", _kwok_argv(b, kubeconfig)))
+        operator = b.kuberay_operator if kuberay_operator else None
+        if kuberay_operator and operator is None:
+            raise ClusterError("the KubeRay operator binary was not built (see "
+                               "docs/local-control-plane.md); start without it")
+        if operator is not None:
+            cluster.kubectl("create", "namespace", KUBERAY_NAMESPACE)
+            metrics, probe = processes.free_port(), processes.free_port()
+            watch.append(spawn("kuberay-operator", _kuberay_argv(operator, metrics, probe),
+                               env={"KUBECONFIG": str(kubeconfig), "PATH": "/usr/bin:/bin"}))
+            state.kuberay_operator = True
+
+        cluster.kubectl("create", "-f", "-", input=yaml.safe_dump_all(h100_nodes(nodes)))
+        unverified = _unverified_context()
+        _wait("kube-controller-manager /healthz",
+              lambda: _http_ok(f"https://127.0.0.1:{kcm}/healthz", unverified), timeout, watch)
+        _wait("kube-scheduler /healthz",
+              lambda: _http_ok(f"https://127.0.0.1:{sched}/healthz", unverified), timeout, watch)
+        if nodes:
+            _wait(f"{nodes} fake H100 node(s) Ready (kwok)", lambda: cluster.kubectl(
+                "wait", "--for=condition=Ready", "node", "--all", "--timeout=2s",
+                check=False, timeout=10).returncode == 0, timeout, watch)
+        # The default ServiceAccount proves the controller manager's controllers are syncing.
+        _wait("the default ServiceAccount (controller manager syncing)",
+              lambda: cluster.get("serviceaccount", "default", "default") is not None, timeout, watch)
+        if operator is not None:
+            _wait("kuberay-operator /readyz",
+                  lambda: _http_ok(f"http://127.0.0.1:{probe}/readyz"), timeout, watch)
+    except BaseException:
+        stop_cluster(state)
+        raise
+    state.save()
+    log.info("cluster ready in %.1f s: KUBECONFIG=%s", time.monotonic() - started, kubeconfig)
+    return cluster
+
+
+def stop_cluster(state: ClusterState | Path, *, remove: bool | None = None) -> None:
+    """Stop every component (by process group, newest first) and remove the directory when the cluster
+    created it (``remove`` overrides). Accepts the state or the cluster directory."""
+    if isinstance(state, Path):
+        state = ClusterState.load(state)
+    order = {name: i for i, name in enumerate(_STOP_ORDER)}
+    for rec in sorted(state.processes, key=lambda r: order.get(r.name, -1)):
+        processes.stop(rec)
+    still = [r.name for r in state.processes if processes.is_running(r)]
+    if still:
+        raise ClusterError(f"could not stop {', '.join(still)} (see {state.directory / 'logs'})")
+    if remove if remove is not None else state.owns_directory:
+        shutil.rmtree(state.directory, ignore_errors=True)
+    elif (state.directory / STATE_FILE).exists():
+        (state.directory / STATE_FILE).unlink()
+
+
+def attach(kubeconfig: Path, binaries: Binaries | None = None) -> Cluster:
+    """A handle on a cluster someone else runs (e.g. ``KUBERL_TEST_KUBECONFIG``); stopping it is theirs."""
+    if not kubeconfig.is_file():
+        raise ClusterError(f"kubeconfig {kubeconfig} does not exist")
+    if binaries is not None:
+        return Cluster(kubeconfig, binaries.path("kubectl"))
+    cached = cache_root() / "bin" / "kubectl"
+    kubectl = str(cached) if cached.exists() else shutil.which("kubectl")
+    if kubectl is None:
+        raise ClusterError(f"no kubectl at {cached} or on PATH; run {BUILD_SCRIPT}")
+    return Cluster(kubeconfig, kubectl)
