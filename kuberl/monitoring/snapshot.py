@@ -1,9 +1,10 @@
 """Draw a dashboard's panels with matplotlib from a real Prometheus, as Grafana would lay them out.
 
-No Grafana server can run here, so the README's dashboard picture is made this way: a run's step metrics
-(``metrics.jsonl`` from ``kuberl train``) are fed, step by step, into the driver's real exporter; a real
-Prometheus scrapes it; each panel's own PromQL is then evaluated over the run with ``query_range``.
+No Grafana server can run here, so the README's dashboard picture is made this way: a real Prometheus scrapes
+a live ``kuberl train`` run's metrics endpoint (``--train``), or a run's ``metrics.jsonl`` replayed step by step
+into the driver's real exporter; each panel's own PromQL is then evaluated over the run with ``query_range``.
 
+    python -m kuberl.monitoring.snapshot --train examples/tiny/job.yaml --max-rollouts 60 -o docs/images/x.png
     python -m kuberl.monitoring.snapshot runs/tiny-grpo/metrics.jsonl -o docs/images/rl-training-dashboard.png
 """
 
@@ -12,14 +13,16 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from kuberl.monitoring import dashboards
-from kuberl.monitoring.prometheus import LocalPrometheus
+from kuberl.monitoring.prometheus import LocalPrometheus, free_port
 
 UNIT_LABELS = {"s": "seconds", "percentunit": "share", "ops": "per second", "short": ""}
 
@@ -57,6 +60,28 @@ def replay(steps: Iterable[Mapping[str, float]], job: str, prom_targets_port: in
         time.sleep(pace_s)
     prom.wait_for(f'kuberl_rollout_id{{rltj="{job}"}} == {last_id}', timeout_s=15)
     return prom, start, time.time()
+
+
+def train_live(job_file: Path, max_rollouts: int, run_dir: Path, timeout_s: float = 1800,
+               cwd: Path | None = None) -> tuple[LocalPrometheus, str, float, float]:
+    """Run ``kuberl train`` with a metrics endpoint that a started LocalPrometheus scrapes every second.
+
+    Returns the (still running) Prometheus, the job name, and the run's start and end times.
+    """
+    from kuberl.api import load_jobs
+
+    [job] = load_jobs(job_file)
+    port = free_port()
+    prom = LocalPrometheus({"driver": f"127.0.0.1:{port}"}, interval="1s").start()
+    start = time.time()
+    cmd = [sys.executable, "-m", "kuberl.cli.main", "train", str(job_file), "--metrics-port", str(port),
+           "--max-rollouts", str(max_rollouts), "--no-progress", "--run-dir", str(run_dir)]
+    with (run_dir.parent / f"{run_dir.name}.log").open("wb") as log:
+        done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s, cwd=cwd)
+    if done.returncode != 0:
+        prom.stop()
+        raise RuntimeError(f"kuberl train exited {done.returncode}; log: {run_dir.parent / run_dir.name}.log")
+    return prom, job.metadata.name, start, time.time()
 
 
 def _legend(fmt: str, labels: Mapping[str, str]) -> str:
@@ -137,18 +162,26 @@ def draw(prom: LocalPrometheus, board: dict[str, Any], start: float, end: float,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kuberl.monitoring.snapshot", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("metrics_jsonl", type=Path, help="a run's metrics.jsonl (kuberl train writes it)")
+    parser.add_argument("metrics_jsonl", type=Path, nargs="?", help="a run's metrics.jsonl to replay")
+    parser.add_argument("--train", type=Path, default=None, help="run this job with kuberl train, live")
+    parser.add_argument("--max-rollouts", type=int, default=40, help="with --train: rollouts to run")
     parser.add_argument("-o", "--out", type=Path, default=Path("docs/images/rl-training-dashboard.png"))
     parser.add_argument("--job", default=None, help="job name (default: the run directory's name)")
     parser.add_argument("--pace", type=float, default=1.0, help="seconds between replayed steps")
     parser.add_argument("--max-steps", type=int, default=60, help="replay at most this many steps (evenly)")
     args = parser.parse_args(argv)
-    steps = load_steps(args.metrics_jsonl)
-    if len(steps) > args.max_steps:
-        stride = len(steps) / args.max_steps
-        steps = [steps[int(i * stride)] for i in range(args.max_steps)] + [steps[-1]]
-    job = args.job or args.metrics_jsonl.resolve().parent.name
-    prom, start, end = replay(steps, job, pace_s=args.pace)
+    if args.train is not None:
+        run_dir = Path(tempfile.mkdtemp(prefix="kuberl-snapshot-")) / "run"
+        prom, job, start, end = train_live(args.train, args.max_rollouts, run_dir)
+    elif args.metrics_jsonl is not None:
+        steps = load_steps(args.metrics_jsonl)
+        if len(steps) > args.max_steps:
+            stride = len(steps) / args.max_steps
+            steps = [steps[int(i * stride)] for i in range(args.max_steps)] + [steps[-1]]
+        job = args.job or args.metrics_jsonl.resolve().parent.name
+        prom, start, end = replay(steps, job, pace_s=args.pace)
+    else:
+        parser.error("give a metrics.jsonl to replay or --train JOB.yaml")
     try:
         board = dashboards.to_grafana(dashboards.rl_training())
         empty = draw(prom, board, start, end, args.out, {"rltj": job})

@@ -1,0 +1,191 @@
+"""The chart against the real local control plane: server-side dry run of everything it renders, a real
+``helm install``, and the operator run with the installed Deployment's own arguments under the chart's
+ServiceAccount token, reconciling a job with nothing but the chart's RBAC."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kuberl.monitoring.prometheus import free_port
+from tests.charts.conftest import CHART, FEATURE_VALUES, REPO, run_helm
+
+pytestmark = pytest.mark.cluster
+
+
+class Kubectl:
+    def __init__(self, binary: Path, kubeconfig: str) -> None:
+        self.binary, self.kubeconfig = binary, kubeconfig
+
+    def __call__(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        out = subprocess.run([str(self.binary), "--kubeconfig", self.kubeconfig, *args], input=input,
+                             capture_output=True, text=True, timeout=120)
+        if check and out.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)}: {out.stderr.strip()}")
+        return out
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self(*args, "-o", "json").stdout)
+
+
+@pytest.fixture(scope="module")
+def kubeconfig(request: pytest.FixtureRequest) -> str:
+    """The kubeconfig of tests/conftest.py's ``kube_cluster`` (the real local control plane)."""
+    try:
+        cluster = request.getfixturevalue("kube_cluster")
+    except pytest.FixtureLookupError:
+        pytest.skip("no kube_cluster fixture in this tree (tests/conftest.py)")
+    return str(getattr(cluster, "kubeconfig", cluster))
+
+
+@pytest.fixture(scope="module")
+def kubectl(kubeconfig: str, helm_binaries: dict[str, Path]) -> Kubectl:
+    cached = helm_binaries["helm4"].parent.parent / "kubectl-v1.35" / "kubectl"
+    kc = Kubectl(cached if cached.exists() else Path(shutil.which("kubectl") or "kubectl"), kubeconfig)
+    if kc("get", "crd", "rayjobs.ray.io", check=False).returncode != 0:
+        pytest.fail("the KubeRay RayJob CRD is not installed on the test control plane")
+    return kc
+
+
+@pytest.fixture(scope="module")
+def namespaces(kubectl: Kubectl) -> Iterator[tuple[str, str]]:
+    """(release namespace, watched namespace), both fresh."""
+    suffix = uuid.uuid4().hex[:6]
+    names = (f"kuberl-system-{suffix}", f"team-{suffix}")
+    for name in names:
+        kubectl("create", "namespace", name)
+    yield names
+    for name in names:
+        kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def _render(helm: Path, release: str, namespace: str, *sets: str) -> list[dict[str, Any]]:
+    args = ["template", release, str(CHART), "--namespace", namespace, "--include-crds", "-f", str(FEATURE_VALUES)]
+    for s in sets:
+        args += ["--set", s]
+    out = run_helm(helm, *args)
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def test_every_rendered_object_passes_server_side_dry_run(kubectl: Kubectl, helm_binaries, namespaces) -> None:
+    release_ns, watched = namespaces
+    objects = _render(helm_binaries["helm4"], "dry", release_ns, f"watchNamespaces={{{watched}}}")
+    have_monitoring = kubectl("get", "crd", "servicemonitors.monitoring.coreos.com", check=False).returncode == 0
+    checked = [o for o in objects
+               if have_monitoring or not o["apiVersion"].startswith("monitoring.coreos.com/")]
+    assert {o["kind"] for o in checked} >= {"CustomResourceDefinition", "Deployment", "ClusterRole", "Role",
+                                             "RoleBinding", "ServiceAccount", "Service", "ConfigMap"}
+    out = kubectl("apply", "--server-side", "--dry-run=server", "--force-conflicts", "-f", "-",
+                  input=yaml.safe_dump_all(checked))
+    assert out.stdout.count("(server dry run)") == len(checked), out.stdout
+
+
+@pytest.fixture(scope="module")
+def installed(kubectl: Kubectl, kubeconfig: str, helm_binaries, namespaces) -> Iterator[dict[str, Any]]:
+    """``helm install`` (helm 4) into the release namespace, watching the other one; yields the release."""
+    release_ns, watched = namespaces
+    release = f"kuberl-{uuid.uuid4().hex[:6]}"
+    ports = {"metrics": free_port(), "health": free_port()}
+    out = run_helm(helm_binaries["helm4"], "install", release, str(CHART), "--namespace", release_ns,
+                   "--kubeconfig", kubeconfig, "--set", f"watchNamespaces={{{watched}}}",
+                   "--set", f"operator.metricsPort={ports['metrics']}",
+                   "--set", f"operator.healthPort={ports['health']}",
+                   "--set", f"metricsService.port={ports['metrics']}")
+    assert out.returncode == 0, out.stderr
+    yield {"release": release, "namespace": release_ns, "watched": watched, "ports": ports}
+    run_helm(helm_binaries["helm4"], "uninstall", release, "--namespace", release_ns, "--kubeconfig", kubeconfig)
+
+
+def _container(kubectl: Kubectl, installed: dict[str, Any]) -> dict[str, Any]:
+    deployment = kubectl.json("get", "deployment", installed["release"], "-n", installed["namespace"])
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def test_installed_deployment_command_is_what_the_operator_accepts(kubectl: Kubectl, installed) -> None:
+    from kuberl.cli.main import build_parser
+
+    container = _container(kubectl, installed)
+    assert container["command"] == ["kuberl"]
+    args = build_parser().parse_args(container["args"])
+    assert args.command == "operator" and args.namespaces == [installed["watched"]]
+    assert args.metrics_port == installed["ports"]["metrics"]
+
+
+def _service_account_kubeconfig(kubectl: Kubectl, kubeconfig: str, installed: dict[str, Any],
+                                path: Path) -> Path:
+    """A kubeconfig that authenticates as the chart's ServiceAccount (as the pod would in-cluster)."""
+    token = kubectl("create", "token", installed["release"], "-n", installed["namespace"],
+                    "--duration=1h").stdout.strip()
+    admin = yaml.safe_load(Path(kubeconfig).read_text())
+    cluster = admin["clusters"][0]["cluster"]
+    if "certificate-authority" in cluster:  # inline a relative CA path so the file can live elsewhere
+        ca = (Path(kubeconfig).parent / cluster.pop("certificate-authority")).read_bytes()
+        cluster["certificate-authority-data"] = base64.b64encode(ca).decode()
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
+        "clusters": [{"name": "local", "cluster": cluster}],
+        "users": [{"name": "sa", "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "local", "user": "sa"}}],
+    }))
+    return path
+
+
+def test_operator_reconciles_with_only_the_charts_rbac(kubectl: Kubectl, kubeconfig: str, installed,
+                                                       tmp_path: Path) -> None:
+    """Least privilege is enough: the operator, run with the Deployment's own args as the chart's
+    ServiceAccount, turns a job into all its children and writes status, without a single 403."""
+    sa_config = _service_account_kubeconfig(kubectl, kubeconfig, installed, tmp_path / "sa.kubeconfig")
+    container = _container(kubectl, installed)
+    log_path = tmp_path / "operator.log"
+    cmd = [sys.executable, "-m", "kuberl.cli.main", *container["args"], "--kubeconfig", str(sa_config),
+           "--resync-seconds", "2"]
+    env = {**os.environ, "KUBECONFIG": str(sa_config)}
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        job = yaml.safe_load((REPO / "examples" / "glm4-9b-dapo-math.yaml").read_text())
+        job["metadata"] = {"name": "chart-rbac", "namespace": installed["watched"]}
+        kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump(job))
+        deadline = time.monotonic() + 90
+        rayjob = status = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            got = kubectl("get", "rayjobs.ray.io", "chart-rbac", "-n", installed["watched"], "-o", "json",
+                          check=False)
+            rayjob = json.loads(got.stdout) if got.returncode == 0 else None
+            status = kubectl.json("get", "rltrainingjobs.kuberl.io", "chart-rbac", "-n",
+                                  installed["watched"]).get("status", {})
+            if rayjob and status.get("phase"):
+                break
+            time.sleep(1)
+        log = log_path.read_text()
+        assert proc.poll() is None, f"operator exited: {log[-3000:]}"
+        assert rayjob is not None, f"no RayJob after 90 s; operator log: {log[-3000:]}"
+        assert status and status.get("phase"), f"no status.phase; operator log: {log[-3000:]}"
+        assert "Forbidden" not in log and " 403" not in log, log[-3000:]
+        for kind in ("configmaps", "serviceaccounts", "roles.rbac.authorization.k8s.io",
+                     "rolebindings.rbac.authorization.k8s.io"):
+            items = kubectl.json("get", kind, "-n", installed["watched"], "-l",
+                                 "kuberl.io/job-name=chart-rbac")["items"]
+            assert items, f"operator created no {kind}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
