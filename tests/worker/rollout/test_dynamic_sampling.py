@@ -7,6 +7,7 @@ partial tokens and logprobs and continue later; no launched group is lost.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import pytest
@@ -37,8 +38,12 @@ def source(prompt_ids: list[int]) -> tuple[Callable[[int], list[list[Sample]]], 
     return next_groups, counter
 
 
-def reward_by_group(rule: Callable[[int, int], float]):
+def reward_by_group(rule: Callable[[int, int], float], slow_group: int | None = None):
+    """Grade by (group, position); grading ``slow_group`` takes 1.5 s so others generate meanwhile."""
+
     async def grade(group: list[Sample]) -> None:
+        if group[0].group_index == slow_group:
+            await asyncio.sleep(1.5)
         for k, s in enumerate(group):
             s.reward = rule(s.group_index, k)
 
@@ -84,7 +89,7 @@ async def test_target_reached_aborts_in_flight_and_keeps_partials(endpoint, prom
     result = await collect_rollout(
         endpoint, 3, settings(target_groups=1, over_sampling_groups=6, max_new_tokens=400,
                               partial_rollout=True),
-        next_groups, reward_by_group(lambda g, k: float(k)), buffer,
+        next_groups, reward_by_group(lambda g, k: float(k), slow_group=999), buffer,
     )
     assert [g[0].group_index for g in result.groups] == [999]
     assert result.aborted_samples > 0
@@ -101,13 +106,22 @@ async def test_target_reached_aborts_in_flight_and_keeps_partials(endpoint, prom
         assert await client.flush_cache()
 
 
+def finished_group(prompt_ids: list[int], group_index: int) -> list[Sample]:
+    group = make_group(prompt_ids, G, group_index, 10_000 + group_index * G)
+    for s in group:
+        s.append_response([5, 6], [-0.1, -0.2], "0")
+        s.status = SampleStatus.COMPLETED
+    return group
+
+
 async def test_resumed_samples_concatenate_tokens_and_logprobs(endpoint, prompt_ids):
     next_groups, _ = source(prompt_ids)
     buffer = PartialRolloutBuffer()
+    buffer.put(finished_group(prompt_ids, 999))
     await collect_rollout(
         endpoint, 0, settings(target_groups=1, over_sampling_groups=4, max_new_tokens=300,
                               partial_rollout=True),
-        next_groups, reward_by_group(lambda g, k: float(k)), buffer,
+        next_groups, reward_by_group(lambda g, k: float(k), slow_group=999), buffer,
     )
     partial = {s.index: (list(s.response_ids), list(s.response_logprobs))
                for g in buffer.groups for s in g if s.response_length}
