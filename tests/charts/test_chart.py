@@ -192,14 +192,6 @@ def test_dashboard_configmaps_carry_the_committed_json_for_the_sidecar(render) -
         assert json.loads(text) == json.loads((DASHBOARD_DIR / name).read_text())
 
 
-def test_worker_podmonitor_selects_the_driver_pods_the_operator_renders(render) -> None:
-    from kuberl.operator import labels
-
-    monitors = {m["metadata"]["name"]: m for m in find(render("feature"), "PodMonitor")}
-    workers = monitors["rel-kuberl-workers"]["spec"]["selector"]["matchLabels"]
-    assert workers == {labels.MANAGED_BY: labels.MANAGER, labels.ROLE: "head"}
-
-
 BAD_VALUES = [
     ("replicaCount=2", "replicaCount"),
     ("watchNamespaces[0]=Team_A", "watchNamespaces"),
@@ -218,3 +210,27 @@ def test_schema_rejects_bad_values_naming_the_field(helm_binaries, helm: str, se
     assert out.returncode != 0, f"{setting} was accepted"
     assert "values don't meet the specifications of the schema" in out.stderr
     assert field in out.stderr, out.stderr
+
+
+def _rendered_head_pod() -> dict:
+    from kuberl.api import parse_job
+    from kuberl.operator.render import render_rayjob
+
+    job = parse_job(yaml.safe_load((REPO / "examples" / "glm4-9b-dapo-math.yaml").read_text()))
+    return render_rayjob(job)["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]
+
+
+def test_worker_podmonitor_labels_match_the_rendered_head_pod(render) -> None:
+    monitors = {m["metadata"]["name"]: m for m in find(render("feature"), "PodMonitor")}
+    selector = monitors["rel-kuberl-workers"]["spec"]["selector"]["matchLabels"]
+    labels = _rendered_head_pod()["metadata"]["labels"]
+    assert selector.items() <= labels.items()
+
+
+@pytest.mark.xfail(strict=False, reason="operator/render.py's head pod has no port named kuberl-metrics yet "
+                                        "(the driver serves on 9400); see docs/helm.md")
+def test_worker_podmonitor_port_is_a_named_port_of_the_rendered_head_pod(render) -> None:
+    monitors = {m["metadata"]["name"]: m for m in find(render("feature"), "PodMonitor")}
+    port = monitors["rel-kuberl-workers"]["spec"]["podMetricsEndpoints"][0]["port"]
+    names = {p["name"] for c in _rendered_head_pod()["spec"]["containers"] for p in c.get("ports", [])}
+    assert port in names
