@@ -234,3 +234,12 @@ def test_worker_podmonitor_port_is_a_named_port_of_the_rendered_head_pod(render)
     port = monitors["rel-kuberl-workers"]["spec"]["podMetricsEndpoints"][0]["port"]
     names = {p["name"] for c in _rendered_head_pod()["spec"]["containers"] for p in c.get("ports", [])}
     assert port in names
+
+
+@pytest.mark.parametrize("helm", HELMS)
+def test_rbac_service_account_and_service_can_be_turned_off(render, helm: str) -> None:
+    objects = render("default", helm, ("rbac.create=false", "serviceAccount.create=false",
+                                       "serviceAccount.name=platform-operator", "metricsService.enabled=false"))
+    kinds = {o["kind"] for o in objects}
+    assert not kinds & {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "ServiceAccount", "Service"}
+    assert _deployment(objects)["spec"]["template"]["spec"]["serviceAccountName"] == "platform-operator"
