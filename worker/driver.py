@@ -174,6 +174,8 @@ class Driver:
         self.engine_urls: list[str] = []
         self.trainer: Any = None
         self._log_file = (self.run_dir / "metrics.jsonl").open("a")
+        # Which prompts (dataset rows) and samples each rollout trained on: audits resume invariants.
+        self._samples_file = (self.run_dir / "samples.jsonl").open("a")
 
     # ---- set-up ------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -395,6 +397,7 @@ class Driver:
                 log.info("prompt data exhausted at rollout %d", rollout_id)
                 break
             metrics.update(rollout_metrics(result, c.max_response_len, c.num_engines))
+            self._log_samples(rollout_id, result.groups)
             metrics.update(self._train(result.groups))
             self.weight_version += 1
             metrics["time/weight_sync_s"] = self._sync_weights()
@@ -412,6 +415,17 @@ class Driver:
             history[-1].update(final)
             self._report(end - 1, end, final, None)
         return history
+
+    def _log_samples(self, rollout_id: int, groups: list[list[Sample]]) -> None:
+        record = {
+            "rollout_id": rollout_id,
+            "rows": [g[0].metadata.get("row") for g in groups],
+            "samples": [s.index for g in groups for s in g],
+            "resumed_from": sorted({s.metadata.get("start_rollout_id", rollout_id)
+                                    for g in groups for s in g}),
+        }
+        self._samples_file.write(json.dumps(record) + "\n")
+        self._samples_file.flush()
 
     def _eval_due(self, rollout_id: int, final: bool = False) -> bool:
         c = self.config
@@ -446,6 +460,7 @@ class Driver:
             except Exception as exc:  # shutting down: log, keep going
                 log.warning("engine stop failed: %s", exc)
         self._log_file.close()
+        self._samples_file.close()
         self.reporter.close()
         self.prompts.close()
         self.pool.close()

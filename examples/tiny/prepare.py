@@ -73,19 +73,24 @@ def build_model(out: Path, seed: int) -> None:
     model.save_pretrained(out)
 
 
-def build_data(out: Path, seed: int, n_train: int = 2000, n_eval: int = 64) -> None:
-    """Write train.jsonl and eval.jsonl rows: {"prompt": [chat messages], "label": "<letter>"}."""
+def build_data(out: Path, seed: int, n_train: int = 2000, n_eval: int = 64,
+               num_letters: int = len(LETTERS)) -> None:
+    """Write train.jsonl and eval.jsonl rows: {"prompt": [chat messages], "label": "<letter>"}.
+
+    ``num_letters`` < 16 makes an easier task (fewer choices) for quick tests.
+    """
     rng = random.Random(seed)
+    alphabet = LETTERS[:num_letters]
     for name, count in (("train", n_train), ("eval", n_eval)):
         with (out / f"{name}.jsonl").open("w") as f:
             for _ in range(count):
-                letters = [rng.choice(LETTERS) for _ in range(3)]
+                letters = [rng.choice(alphabet) for _ in range(3)]
                 row = {"prompt": [{"role": "user", "content": " ".join(letters)}],
                        "label": letters[-1]}
                 f.write(json.dumps(row) + "\n")
 
 
-def prepare(out: Path, seed: int = 0) -> Path:
+def prepare(out: Path, seed: int = 0, num_letters: int = len(LETTERS)) -> Path:
     """Build tokenizer, model and data into ``out`` (idempotent: skipped when already built)."""
     marker = out / ".complete"
     if marker.exists():
@@ -93,7 +98,7 @@ def prepare(out: Path, seed: int = 0) -> Path:
     (out / "model").mkdir(parents=True, exist_ok=True)
     build_tokenizer(out / "model")
     build_model(out / "model", seed)
-    build_data(out, seed)
+    build_data(out, seed, num_letters=num_letters)
     marker.write_text("ok\n")
     return out
 
