@@ -81,7 +81,10 @@ def broadcast_to_tokens(seq_values: Tensor, response_lengths: Sequence[int]) -> 
         raise ValueError(
             f"{seq_values.numel()} sequence values for {len(response_lengths)} responses"
         )
-    return [torch.full((n,), float(v)) for v, n in zip(seq_values.tolist(), response_lengths, strict=True)]
+    return [
+        torch.full((n,), float(v))
+        for v, n in zip(seq_values.tolist(), response_lengths, strict=True)
+    ]
 
 
 def masked_whiten(

@@ -226,7 +226,10 @@ def policy_loss_sum(
         log_ratio = sequence_log_ratio(log_ratio, mask, lengths)
     ratio = log_ratio.exp()
     pg, clipped = ppo_clip_loss(
-        ratio, adv, eps_clip=config.eps_clip, eps_clip_high=config.eps_clip_high,
+        ratio,
+        adv,
+        eps_clip=config.eps_clip,
+        eps_clip_high=config.eps_clip_high,
         eps_clip_c=config.eps_clip_c,
     )  # (N,), (N,)
 

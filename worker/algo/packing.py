@@ -200,7 +200,10 @@ def plan_step(
             )
         shares = equal_count_partition(list(lengths), dp_size)
         ranks = tuple(
-            tuple(tuple(share[j] for j in mb) for mb in fixed_micro_batches(len(share), micro_batch_size))
+            tuple(
+                tuple(share[j] for j in mb)
+                for mb in fixed_micro_batches(len(share), micro_batch_size)
+            )
             for share in shares
         )
     else:
@@ -211,9 +214,7 @@ def plan_step(
                 f"{micro_batch_size}, not divisible by {dp_size} data-parallel ranks; change "
                 "microBatchSize or turn on perf.useDynamicBatchSize"
             )
-        ranks = tuple(
-            tuple(tuple(c) for c in chunks[r::dp_size]) for r in range(dp_size)
-        )
+        ranks = tuple(tuple(tuple(c) for c in chunks[r::dp_size]) for r in range(dp_size))
     return StepPlan(ranks=ranks, lengths=tuple(lengths), budget=None)
 
 
