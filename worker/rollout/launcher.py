@@ -90,6 +90,14 @@ def router_command(
     return argv + list(extra or [])
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGTERM the child when its parent dies (a SIGKILLed driver leaves no orphan engine)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class ManagedProcess:
     """A child process (engine or router) in its own process group, stopped with it."""
 
@@ -99,7 +107,7 @@ class ManagedProcess:
         self._log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(
             argv, env={**os.environ, **(env or {})}, stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=_die_with_parent,
         )
 
     async def wait_ready(self, timeout_s: float = 600.0, path: str = "/health_generate") -> None:
