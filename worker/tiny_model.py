@@ -108,12 +108,14 @@ def build_model(
 
 
 def build_tiny_model(
-    out: str | Path, family: Family = "qwen2", seed: int = 0, max_position_embeddings: int = 512
+    out: str | Path, family: Family = "qwen2", seed: int = 0, max_position_embeddings: int = 512,
+    hidden_size: int = 64, num_layers: int = 2,
 ) -> Path:
     """Write tokenizer + model into ``out`` (skipped when a completed build is already there)."""
     out = Path(out)
     marker = out / ".kuberl-tiny-model.json"
-    recipe = {"family": family, "seed": seed, "max_position_embeddings": max_position_embeddings}
+    recipe = {"family": family, "seed": seed, "max_position_embeddings": max_position_embeddings,
+              "hidden_size": hidden_size, "num_layers": num_layers}
     if marker.exists() and json.loads(marker.read_text()) == recipe:
         return out
     out.mkdir(parents=True, exist_ok=True)
@@ -125,6 +127,8 @@ def build_tiny_model(
         pad_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
         family=family,
         seed=seed,
+        hidden_size=hidden_size,
+        num_layers=num_layers,
         max_position_embeddings=max_position_embeddings,
     )
     marker.write_text(json.dumps(recipe))
