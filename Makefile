@@ -18,6 +18,7 @@ cluster-binaries:
 
 tools:
 	hack/install-tools.sh
+	hack/fetch-helm.sh
 
 test: setup cluster-binaries tools
 	.venv/bin/ruff check .
