@@ -172,25 +172,15 @@ def plan_step(
         if not max_tokens_per_gpu:
             raise ValueError("perf.useDynamicBatchSize needs perf.maxTokensPerGpu")
         budget = token_budget(max_tokens_per_gpu, cp_size)
-        bins = pack_micro_batches(lengths, budget)
-        target = -(-max(len(bins), 1) // dp_size) * dp_size
-        while len(bins) < target:
-            splittable = [b for b in bins if len(b) > 1]
-            if not splittable:
-                bins.append([])
-                continue
-            fullest = max(splittable, key=lambda b: (sum(lengths[i] for i in b), -b[0]))
-            bins.remove(fullest)
-            bins.extend(split_in_two(fullest, lengths))
-        weights = [sum(lengths[i] for i in b) for b in bins]
-        if balance_data:
-            groups = equal_count_partition(weights, dp_size)
-        else:
-            groups = [list(range(r, len(bins), dp_size)) for r in range(dp_size)]
-        ranks = tuple(
-            tuple(tuple(bins[j]) for j in sorted(g, key=lambda j: (-weights[j], j))) for g in groups
-        )
-        return StepPlan(ranks=ranks, lengths=tuple(lengths), budget=budget)
+        plan = _pack_then_assign(lengths, budget, dp_size, balance_data)
+        if balance_data and dp_size > 1:
+            other = _assign_then_pack(lengths, budget, dp_size)
+            if (other.num_micro_batches, other.imbalance()) < (
+                plan.num_micro_batches,
+                plan.imbalance(),
+            ):
+                plan = other
+        return plan
 
     if balance_data:
         if n % dp_size:
@@ -216,6 +206,59 @@ def plan_step(
             )
         ranks = tuple(tuple(tuple(c) for c in chunks[r::dp_size]) for r in range(dp_size))
     return StepPlan(ranks=ranks, lengths=tuple(lengths), budget=None)
+
+
+def _split_until(bins: list[list[int]], target: int, lengths: Sequence[int]) -> list[list[int]]:
+    """Return ``bins`` grown to ``target`` micro-batches by halving the fullest multi-sample ones
+    (an empty micro-batch only when every one holds a single sample)."""
+    bins = [list(b) for b in bins]
+    while len(bins) < target:
+        splittable = [b for b in bins if len(b) > 1]
+        if not splittable:
+            bins.append([])
+            continue
+        fullest = max(splittable, key=lambda b: (sum(lengths[i] for i in b), -b[0]))
+        bins.remove(fullest)
+        bins.extend(split_in_two(fullest, lengths))
+    return bins
+
+
+def _rank_order(bins: Sequence[Sequence[int]], lengths: Sequence[int]) -> tuple[MicroBatch, ...]:
+    """Fullest micro-batch first, so a step that would run out of memory does so at once."""
+    return tuple(
+        tuple(b) for b in sorted(bins, key=lambda b: (-sum(lengths[i] for i in b), tuple(b)))
+    )
+
+
+def _pack_then_assign(lengths: Sequence[int], budget: int, dp_size: int, balance: bool) -> StepPlan:
+    """FFD over the whole step, then micro-batches to ranks (equal-count KK or round robin)."""
+    bins = pack_micro_batches(lengths, budget)
+    bins = _split_until(bins, -(-max(len(bins), 1) // dp_size) * dp_size, lengths)
+    weights = [sum(lengths[i] for i in b) for b in bins]
+    if balance:
+        groups = equal_count_partition(weights, dp_size)
+    else:
+        groups = [list(range(r, len(bins), dp_size)) for r in range(dp_size)]
+    ranks = tuple(_rank_order([bins[j] for j in g], lengths) for g in groups)
+    return StepPlan(ranks=ranks, lengths=tuple(lengths), budget=budget)
+
+
+def _assign_then_pack(lengths: Sequence[int], budget: int, dp_size: int) -> StepPlan:
+    """Samples to ranks by greedy LPT on tokens (fine-grained, so nearly exact), then FFD per rank,
+    then the ranks with fewer micro-batches halve their fullest ones to match."""
+    shares: list[list[int]] = [[] for _ in range(dp_size)]
+    load = [0] * dp_size
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        r = min(range(dp_size), key=lambda r: (load[r], r))
+        shares[r].append(i)
+        load[r] += lengths[i]
+    per_rank = []
+    for share in shares:
+        local = pack_micro_batches([lengths[i] for i in share], budget)
+        per_rank.append([[share[j] for j in b] for b in local])
+    k = max(1, *(len(b) for b in per_rank))
+    ranks = tuple(_rank_order(_split_until(b, k, lengths), lengths) for b in per_rank)
+    return StepPlan(ranks=ranks, lengths=tuple(lengths), budget=budget)
 
 
 # ---- packed-sequence layout ----------------------------------------------------------------------

@@ -95,13 +95,23 @@ class TestEqualCountPartition:
 
 class TestPlanStep:
     def test_hand_example_efficiency_and_imbalance(self) -> None:
+        # Samples to ranks by LPT: {9, 4, 4, 1} and {8, 5, 3, 2}, 18 tokens each; FFD per rank gives
+        # [9, 1] [4, 4] and [8, 2] [5, 3]. (Packing first would give ranks of 19 and 17 tokens.)
         plan = plan_step(
             [5, 3, 8, 2, 9, 1, 4, 4], dp_size=2, max_tokens_per_gpu=10, balance_data=True
         )
         assert plan.num_micro_batches == 2
-        # 36 real tokens in 2 ranks x 2 micro-batches x 10 slots; ranks hold 19 and 17 tokens
+        assert plan.ranks == (((4, 5), (6, 7)), ((2, 3), (0, 1)))
+        # 36 real tokens in 2 ranks x 2 micro-batches x 10 slots
         assert plan.efficiency() == pytest.approx(36 / 40)
-        assert sorted(plan.rank_tokens()) == [17, 19]
+        assert plan.rank_tokens() == [18, 18]
+        assert plan.imbalance() == 1.0
+
+    def test_round_robin_hand_example(self) -> None:
+        # FFD: [9, 1] [8, 2] [5, 4] [4, 3] -> rank 0 takes micro-batches 0 and 2, rank 1 takes 1 and 3
+        plan = plan_step([5, 3, 8, 2, 9, 1, 4, 4], dp_size=2, max_tokens_per_gpu=10)
+        assert plan.ranks == (((4, 5), (0, 6)), ((2, 3), (1, 7)))
+        assert plan.rank_tokens() == [19, 17]
         assert plan.imbalance() == pytest.approx(19 / 18)
 
     @pytest.mark.parametrize("dp", [1, 2, 3, 4])
@@ -128,9 +138,14 @@ class TestPlanStep:
 
     def test_micro_batch_count_is_rounded_up_by_splitting(self) -> None:
         # FFD gives 2 micro-batches [9,1] [8,2]; three ranks need 3: the fuller one is halved
-        plan = plan_step([9, 1, 8, 2], dp_size=3, max_tokens_per_gpu=10, balance_data=True)
+        plan = plan_step([9, 1, 8, 2], dp_size=3, max_tokens_per_gpu=10)
         assert plan.num_micro_batches == 1
         assert sorted(sorted(mb) for r in plan.ranks for mb in r) == [[0], [1], [2, 3]]
+
+    def test_balanced_plan_prefers_the_schedule_with_less_imbalance(self) -> None:
+        # packing first: ranks of 9, 1, 10 tokens; samples first (LPT): 9, 8, 2+1
+        plan = plan_step([9, 1, 8, 2], dp_size=3, max_tokens_per_gpu=10, balance_data=True)
+        assert sorted(plan.rank_tokens()) == [3, 8, 9]
 
     def test_single_sample_micro_batches_are_padded_with_empty_ones(self) -> None:
         plan = plan_step([9, 9], dp_size=4, max_tokens_per_gpu=10)
