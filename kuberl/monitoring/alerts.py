@@ -95,7 +95,7 @@ def rule_groups(t: Thresholds = Thresholds()) -> dict:
             "KuberlJobFailed",
             f'delta({series.OPERATOR_JOBS_BY_PHASE}{{phase="Failed"}}[{t.failed_window}]) > 0',
             "0m", "warning",
-            "An RLTrainingJob failed in namespace {{ $labels.namespace }}",
+            "An RLTrainingJob failed (seen by the operator in namespace {{ $labels.namespace }})",
             "The number of RLTrainingJobs in phase Failed rose in the last "
             f"{t.failed_window}. `kubectl get rltj -A` and the job's status.reason/message say why.",
         ),

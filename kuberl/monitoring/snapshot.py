@@ -62,6 +62,22 @@ def replay(steps: Iterable[Mapping[str, float]], job: str, prom_targets_port: in
     return prom, start, time.time()
 
 
+def isolated_job(job_file: Path, out_dir: Path, **spec_overrides: dict[str, Any]) -> Path:
+    """Write a copy of ``job_file`` whose checkpoints go to ``out_dir`` (so no earlier run is resumed), with
+    ``spec_overrides`` merged into spec groups, e.g. ``rollout={"numRollout": 3}``; return its path."""
+    import yaml
+
+    job = yaml.safe_load(job_file.read_text())
+    spec = job["spec"]
+    spec.setdefault("checkpoint", {})["save"] = str(out_dir / "checkpoints")
+    for group, values in spec_overrides.items():
+        spec.setdefault(group, {}).update(values)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
 def train_live(job_file: Path, max_rollouts: int, run_dir: Path, timeout_s: float = 1800,
                cwd: Path | None = None) -> tuple[LocalPrometheus, str, float, float]:
     """Run ``kuberl train`` with a metrics endpoint that a started LocalPrometheus scrapes every second.
@@ -123,9 +139,10 @@ def draw(prom: LocalPrometheus, board: dict[str, Any], start: float, end: float,
         exprs = [(t["expr"], t["legendFormat"]) for t in panel["targets"]]
         if panel["type"] == "stat":
             texts = []
-            for expr, fmt in exprs:
-                for r in prom.query(dashboards.substitute(expr, dict(variables or {}), "1m"), at=end):
-                    texts.append(f"{_legend(fmt, r['metric'])}: {float(r['value'][1]):g}")
+            for expr, fmt in exprs:  # last value in the window (a finished run's series are stale at `end`)
+                query = dashboards.substitute(expr, dict(variables or {}), "1m")
+                for r in prom.query_range(query, start, end, step):
+                    texts.append(f"{_legend(fmt, r['metric'])}: {float(r['values'][-1][1]):g}")
             ax.axis("off")
             if not texts:
                 empty.append(panel["title"])
@@ -171,8 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-steps", type=int, default=60, help="replay at most this many steps (evenly)")
     args = parser.parse_args(argv)
     if args.train is not None:
-        run_dir = Path(tempfile.mkdtemp(prefix="kuberl-snapshot-")) / "run"
-        prom, job, start, end = train_live(args.train, args.max_rollouts, run_dir)
+        work = Path(tempfile.mkdtemp(prefix="kuberl-snapshot-"))
+        job_file = isolated_job(args.train, work)
+        prom, job, start, end = train_live(job_file, args.max_rollouts, work / "run")
     elif args.metrics_jsonl is not None:
         steps = load_steps(args.metrics_jsonl)
         if len(steps) > args.max_steps:
