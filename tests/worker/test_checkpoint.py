@@ -40,7 +40,7 @@ def test_failed_trainer_save_leaves_no_checkpoint(tmp_path: Path) -> None:
     def broken(directory: Path) -> None:
         raise OSError(28, "No space left on device")
 
-    with pytest.raises(CheckpointError, match="spec.checkpoint.save"):
+    with pytest.raises(CheckpointError, match=r"spec\.checkpoint\.save"):
         ckpt.save_checkpoint(tmp_path, 2, {"rollout_id": 2}, broken)
     assert ckpt.latest_checkpoint(tmp_path) is None
 
