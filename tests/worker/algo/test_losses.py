@@ -286,11 +286,11 @@ class TinyCausalLM(nn.Module):
     ) -> torch.Tensor:
         n = input_ids.numel()
         seg = torch.repeat_interleave(
-            torch.arange(cu_seqlens.numel() - 1), cu_seqlens.diff().long()
+            torch.arange(cu_seqlens.numel() - 1, device=input_ids.device), cu_seqlens.diff().long()
         )  # (N,)
         h = self.tok(input_ids) + self.pos(position_ids)  # (N, D)
         q, k, v = self.qkv(h).chunk(3, dim=-1)  # (N, D) each
-        idx = torch.arange(n)
+        idx = torch.arange(n, device=input_ids.device)
         allowed = (seg[:, None] == seg[None, :]) & (idx[:, None] >= idx[None, :])  # (N, N)
         scores = (q @ k.T / math.sqrt(q.shape[-1])).masked_fill(~allowed, float("-inf"))
         return self.out(h + scores.softmax(-1) @ v)  # (N, V)
@@ -324,11 +324,13 @@ def make_samples(seed: int, n: int = 12, group: int = 4) -> list[dict]:
 
 def forward_micro_batch(model: TinyCausalLM, mb: list[dict]) -> tuple[list, list]:
     """Packed forward of one micro-batch -> per-sample response logprobs and entropies (R_i,)."""
+    device = next(model.parameters()).device
     packed = pack_sequences([s["tokens"] for s in mb], pad_to_multiple=4)
-    logits = model(packed.input_ids, packed.position_ids, packed.cu_seqlens)  # (N, V)
+    ids, cu = packed.input_ids.to(device), packed.cu_seqlens.to(device)
+    logits = model(ids, packed.position_ids.to(device), cu)  # (N, V)
     logit_pos, target_pos = packed.response_index([s["prompt_len"] for s in mb])  # (M,), (M,)
-    resp_logits = logits[logit_pos]  # (M, V)
-    lp = logprobs_from_logits(resp_logits, packed.input_ids[target_pos], chunk_size=7)  # (M,)
+    resp_logits = logits[logit_pos.to(device)]  # (M, V)
+    lp = logprobs_from_logits(resp_logits, ids[target_pos.to(device)], chunk_size=7)  # (M,)
     ent = entropy_from_logits(resp_logits, chunk_size=7)  # (M,)
     sizes = [len(s["tokens"]) - s["prompt_len"] for s in mb]
     return list(lp.split(sizes)), list(ent.split(sizes))
@@ -339,9 +341,10 @@ def fill_old_policies(model: TinyCausalLM, samples: list[dict]) -> None:
     with torch.no_grad():
         for s in samples:
             (lp,), _ = forward_micro_batch(model, [s])
-            s["old"] = lp + 2 * s["noise"][0]  # far enough off-policy to clip
-            s["rollout"] = lp + s["noise"][1]
-            s["ref"] = lp + s["noise"][2]
+            noise = s["noise"].to(lp.device)
+            s["old"] = lp + 2 * noise[0]  # far enough off-policy to clip
+            s["rollout"] = lp + noise[1]
+            s["ref"] = lp + noise[2]
 
 
 def step(
@@ -378,11 +381,17 @@ def random_partition(n: int, rng: random.Random) -> list[list[int]]:
     return [order[a:b] for a, b in zip([0, *cuts], [*cuts, n], strict=True)]
 
 
+NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
 @pytest.mark.parametrize("per_token", [False, True], ids=["per_sample", "per_token"])
 @pytest.mark.parametrize("gspo", [False, True], ids=["ppo_ratio", "gspo_ratio"])
-def test_loss_and_gradients_do_not_depend_on_packing(per_token: bool, gspo: bool) -> None:
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=NO_CUDA)])
+def test_loss_and_gradients_do_not_depend_on_packing(
+    per_token: bool, gspo: bool, device: str
+) -> None:
     torch.manual_seed(0)
-    model = TinyCausalLM().double()
+    model = TinyCausalLM().double().to(device)
     samples = make_samples(seed=1)
     fill_old_policies(model, samples)
     config = LossConfig(
