@@ -15,15 +15,15 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from aiohttp import web
 
+from kuberl.worker.rollout.engine_weights import WeightRoutes
+from kuberl.worker.rollout.http_shapes import bad_request, error_response, json_body
 from kuberl.worker.rollout.sampling import SamplingParams, SamplingParamsError
 from kuberl.worker.rollout.scheduler import GenerationRequest, Scheduler
-from kuberl.worker.rollout.tensor_payload import decode_named_tensors
 
 log = logging.getLogger(__name__)
 VERSION = "kuberl-embedded-0.1"
@@ -45,31 +45,7 @@ class EngineArgs:
     served_model_name: str | None = None
 
 
-def _error(message: str, status: int = 400) -> web.Response:
-    return web.json_response({"error": {"message": message}}, status=status)
-
-
-def _bad_request(message: str) -> web.Response:
-    body = {"object": "error", "message": message, "type": "Bad Request", "param": None, "code": 400}
-    return web.json_response(body, status=400)
-
-
-async def _json_body(request: web.Request, required: bool) -> dict[str, Any]:
-    text = await request.text()
-    if not text.strip():
-        if required:
-            raise web.HTTPBadRequest(text=json.dumps({"error": "a JSON body is required"}),
-                                     content_type="application/json")
-        return {}
-    try:
-        body = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise web.HTTPBadRequest(text=json.dumps({"error": f"invalid JSON: {e}"}),
-                                 content_type="application/json") from e
-    return body if isinstance(body, dict) else {"_list": body}
-
-
-class EmbeddedEngine:
+class EmbeddedEngine(WeightRoutes):
     """Model, tokenizer, step loop and the aiohttp application that exposes them."""
 
     def __init__(self, args: EngineArgs) -> None:
@@ -95,6 +71,7 @@ class EmbeddedEngine:
             seed=args.random_seed,
         )
         self.started = time.time()
+        self.groups: dict[str, Any] = {}  # weight-update process groups by name
 
     def _decode(self, ids: list[int], skip_special: bool) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=skip_special) if self.tokenizer else ""
@@ -111,6 +88,9 @@ class EmbeddedEngine:
         r.add_post("/update_weights_from_disk", self.update_weights_from_disk)
         r.add_post("/update_weights_from_tensor", self.update_weights_from_tensor)
         r.add_post("/update_weight_version", self.update_weight_version)
+        r.add_post("/init_weights_update_group", self.init_weights_update_group)
+        r.add_post("/update_weights_from_distributed", self.update_weights_from_distributed)
+        r.add_post("/destroy_weights_update_group", self.destroy_weights_update_group)
         for path, handler in (
             ("/get_weights_by_name", self.get_weights_by_name),
             ("/flush_cache", self.flush_cache),
@@ -146,18 +126,18 @@ class EmbeddedEngine:
 
     # ---- generation ------------------------------------------------------------------------
     async def generate(self, request: web.Request) -> web.StreamResponse:
-        body = await _json_body(request, required=True)
+        body = await json_body(request, required=True)
         try:
             items, single = self._parse_generate(body)
         except SamplingParamsError as e:
-            return _error(str(e))
+            return error_response(str(e))
         except _SchemaError as e:
             return web.json_response({"error": str(e)}, status=400)
         except (TypeError, ValueError) as e:
-            return _bad_request(str(e))
+            return bad_request(str(e))
         for req in items:
-            if (msg := self._length_error(req)) is not None:
-                return _error(msg)
+            if (msg := self._lengtherror_response(req)) is not None:
+                return error_response(msg)
         loop = asyncio.get_running_loop()
         if body.get("stream"):
             return await self._stream(request, items, loop, body)
@@ -234,7 +214,7 @@ class EmbeddedEngine:
                 ))
         return items, single and len(items) == 1
 
-    def _length_error(self, req: GenerationRequest) -> str | None:
+    def _lengtherror_response(self, req: GenerationRequest) -> str | None:
         n, limit = len(req.input_ids), self.context_len
         if n == 0:
             return "The input_ids is empty."
@@ -286,76 +266,22 @@ class EmbeddedEngine:
 
     # ---- control ---------------------------------------------------------------------------
     async def abort_request(self, request: web.Request) -> web.Response:
-        body = await _json_body(request, required=False)
+        body = await json_body(request, required=False)
         self.scheduler.abort(str(body.get("rid") or ""), bool(body.get("abort_all")))
         return web.Response(status=200)
 
     async def pause_generation(self, request: web.Request) -> web.Response:
-        body = await _json_body(request, required=True)
+        body = await json_body(request, required=True)
         mode = body.get("mode", "abort")
         if mode not in ("abort", "in_place", "retract"):
-            return _error(f"mode must be one of abort, in_place, retract; got {mode!r}")
+            return error_response(f"mode must be one of abort, in_place, retract; got {mode!r}")
         await asyncio.wrap_future(self.scheduler.pause(mode))
         return web.json_response({"message": "Generation paused successfully.", "status": "ok"})
 
     async def continue_generation(self, request: web.Request) -> web.Response:
-        await _json_body(request, required=True)
+        await json_body(request, required=True)
         await asyncio.wrap_future(self.scheduler.resume())
         return web.json_response({"message": "Generation continued successfully.", "status": "ok"})
-
-    async def _update(self, named: list[tuple[str, torch.Tensor]], body: dict[str, Any]):
-        version = body.get("weight_version")
-        fut = self.scheduler.update_weights(
-            lambda: assign_weights(self.model, named),
-            None if version is None else str(version),
-            bool(body.get("abort_all_requests", False)),
-        )
-        try:
-            await asyncio.wrap_future(fut)
-        except (ValueError, KeyError, RuntimeError) as e:
-            return web.json_response({"success": False, "message": str(e)}, status=400)
-        return web.json_response(
-            {"success": True, "message": "Succeeded to update model weights.", "num_paused_requests": 0}
-        )
-
-    async def update_weights_from_disk(self, request: web.Request) -> web.Response:
-        body = await _json_body(request, required=True)
-        try:
-            named = await asyncio.to_thread(load_checkpoint_tensors, str(body.get("model_path") or ""))
-        except (OSError, ValueError) as e:
-            return web.json_response({"success": False, "message": str(e)}, status=400)
-        return await self._update(named, body)
-
-    async def update_weights_from_tensor(self, request: web.Request) -> web.Response:
-        body = await _json_body(request, required=True)
-        if body.get("load_format") not in (None, "direct"):
-            return web.json_response({"success": False, "message": (
-                f"load_format {body.get('load_format')!r} is not supported by the embedded engine; "
-                "send load_format null with torch.save payloads")}, status=400)
-        try:
-            payloads = list(body.get("serialized_named_tensors") or [])
-            if len(payloads) != 1:
-                raise ValueError(f"expected 1 serialized_named_tensors entry (tp_size 1), got {len(payloads)}")
-            named = decode_named_tensors(payloads[0])
-        except ValueError as e:
-            return web.json_response({"success": False, "message": str(e)}, status=400)
-        return await self._update(named, body)
-
-    async def update_weight_version(self, request: web.Request) -> web.Response:
-        body = await _json_body(request, required=True)
-        version = str(body.get("new_version"))
-        await asyncio.wrap_future(self.scheduler.update_weights(
-            lambda: None, version, bool(body.get("abort_all_requests", True))))
-        return web.json_response({"success": True, "message": "ok", "new_version": version})
-
-    async def get_weights_by_name(self, request: web.Request) -> web.Response:
-        body = await _json_body(request, required=False) if request.method == "POST" else {}
-        name = body.get("name") or request.query.get("name")
-        size = int(body.get("truncate_size") or request.query.get("truncate_size") or 100)
-        params = dict(self.model.named_parameters())
-        if name not in params:
-            return _error(f"no parameter named {name!r}")
-        return web.json_response(params[name].detach().float().cpu()[:size].tolist())
 
     async def flush_cache(self, request: web.Request) -> web.Response:
         if await asyncio.wrap_future(self.scheduler.is_busy()):
@@ -365,7 +291,7 @@ class EmbeddedEngine:
     async def memory_occupation(self, request: web.Request) -> web.Response:
         """Accepted for protocol parity (there is no GPU memory to release); idle check enforced."""
         if await asyncio.wrap_future(self.scheduler.is_busy()):
-            return _error("the engine must be idle (pause first) to release or resume memory")
+            return error_response("the engine must be idle (pause first) to release or resume memory")
         return web.json_response(None)
 
     # ---- health and info -------------------------------------------------------------------
@@ -437,34 +363,6 @@ class EmbeddedEngine:
 
 class _SchemaError(ValueError):
     pass
-
-
-def load_checkpoint_tensors(model_path: str) -> list[tuple[str, torch.Tensor]]:
-    """All tensors of the ``*.safetensors`` files in a Hugging Face model directory."""
-    from safetensors.torch import load_file
-
-    files = sorted(Path(model_path).glob("*.safetensors")) if model_path else []
-    if not files:
-        raise ValueError(f"model_path {model_path!r} has no *.safetensors files; "
-                         "save the model with save_pretrained(safe_serialization=True)")
-    named: list[tuple[str, torch.Tensor]] = []
-    for f in files:
-        named += list(load_file(str(f)).items())
-    return named
-
-
-def assign_weights(model: torch.nn.Module, named: list[tuple[str, torch.Tensor]]) -> None:
-    """Copy HF-named tensors into the model; checks every name and shape before changing anything."""
-    params = dict(model.named_parameters())
-    unknown = [n for n, _ in named if n not in params]
-    if unknown:
-        raise ValueError(f"unknown parameter names {unknown[:5]} (model has e.g. {list(params)[:3]})")
-    bad = [(n, tuple(t.shape), tuple(params[n].shape)) for n, t in named if t.shape != params[n].shape]
-    if bad:
-        raise ValueError(f"shape mismatch (name, got, expected): {bad[:5]}")
-    with torch.no_grad():
-        for n, t in named:
-            params[n].copy_(t.to(device=params[n].device, dtype=params[n].dtype))
 
 
 @dataclass

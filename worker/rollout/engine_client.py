@@ -260,6 +260,29 @@ class EngineClient:
                 "abort_all_requests": abort_all_requests}
         return await self._post_ok("/update_weights_from_tensor", body, idempotent=False)
 
+    async def init_weights_update_group(
+        self, master_address: str, master_port: int, rank_offset: int, world_size: int,
+        group_name: str = "weight_update_group", backend: str = "nccl",
+    ) -> dict[str, Any]:
+        """Blocks until every rank has joined: call it concurrently with the trainer's own join."""
+        body = {"master_address": master_address, "master_port": master_port,
+                "rank_offset": rank_offset, "world_size": world_size, "group_name": group_name,
+                "backend": backend}
+        return await self._post_ok("/init_weights_update_group", body, idempotent=False)
+
+    async def update_weights_from_distributed(
+        self, names: list[str], dtypes: list[str], shapes: list[list[int]],
+        weight_version: str | None = None, group_name: str = "weight_update_group",
+    ) -> dict[str, Any]:
+        """Announce one bucket; the trainer broadcasts the tensors from rank 0 meanwhile."""
+        body = {"names": names, "dtypes": dtypes, "shapes": shapes, "group_name": group_name,
+                "weight_version": weight_version, "flush_cache": True, "load_format": None}
+        return await self._post_ok("/update_weights_from_distributed", body, idempotent=False)
+
+    async def destroy_weights_update_group(self, group_name: str = "weight_update_group") -> None:
+        await self._post_ok("/destroy_weights_update_group", {"group_name": group_name},
+                            idempotent=True)
+
     async def update_weight_version(self, new_version: str, abort_all_requests: bool = True) -> None:
         await self._post_ok("/update_weight_version",
                             {"new_version": new_version, "abort_all_requests": abort_all_requests},
