@@ -119,7 +119,7 @@ def _convert(node: Any, defs: dict[str, Any], rules: dict[str, list[dict[str, st
                 out["x-kubernetes-preserve-unknown-fields"] = True
             else:
                 out["additionalProperties"] = _convert(value, defs, rules, nullable)
-        elif key in ("exclusiveMinimum", "exclusiveMaximum"):
+        elif key in ("exclusiveMinimum", "exclusiveMaximum") and not isinstance(value, bool):
             bound = "minimum" if key == "exclusiveMinimum" else "maximum"
             out[bound] = value
             out[key] = True
