@@ -24,26 +24,36 @@ def make_prompts(n: int, vocab: int, seed: int) -> list[list[int]]:
     return [[rng.randrange(5, vocab) for _ in range(rng.randint(16, 48))] for _ in range(n)]
 
 
-def bench_hf_generate(model_path: str, prompts: list[list[int]], new_tokens: int, pad_id: int) -> float:
+def bench_hf_generate(model_path: str, prompts: list[list[int]], new_tokens: int, pad_id: int,
+                      device: str = "cpu", dtype: str = "float32") -> float:
     """Generated tokens/s of one batched model.generate call."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
+    model.to(device).eval()
     P = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), P), pad_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for i, p in enumerate(prompts):
         ids[i, P - len(p):] = torch.tensor(p)
         mask[i, P - len(p):] = 1
+    ids, mask = ids.to(device), mask.to(device)
     kwargs = dict(attention_mask=mask, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
                   max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=pad_id)
     with torch.no_grad():
         model.generate(ids[:2], **{**kwargs, "attention_mask": mask[:2], "max_new_tokens": 4,
                                    "min_new_tokens": 4})  # warm-up
+        _sync(device)
         t0 = time.perf_counter()
         out = model.generate(ids, **kwargs)
+        _sync(device)
         elapsed = time.perf_counter() - t0
     return (out.shape[1] - P) * len(prompts) / elapsed
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 async def _engine_run(url: str, prompts: list[list[int]], new_tokens: int) -> tuple[int, float]:
@@ -58,11 +68,12 @@ async def _engine_run(url: str, prompts: list[list[int]], new_tokens: int) -> tu
     return sum(len(o.output_ids) for o in outs), elapsed
 
 
-def bench_engine(model_path: str, prompts: list[list[int]], new_tokens: int) -> float:
+def bench_engine(model_path: str, prompts: list[list[int]], new_tokens: int,
+                 device: str = "cpu", dtype: str = "float32") -> float:
     """Generated tokens/s of the embedded engine with all requests concurrent."""
     from kuberl.worker.rollout.embedded_engine import EngineArgs, serve_in_thread
 
-    handle = serve_in_thread(EngineArgs(model_path=model_path, port=0))
+    handle = serve_in_thread(EngineArgs(model_path=model_path, port=0, device=device, dtype=dtype))
     try:
         tokens, elapsed = asyncio.run(_engine_run(handle.url, prompts, new_tokens))
     finally:
@@ -81,6 +92,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (1 avoids OpenMP stalls on a busy machine)")
     parser.add_argument("--repeats", type=int, default=3, help="best of N runs for each side")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -97,14 +110,16 @@ def main() -> None:
     torch.manual_seed(args.seed)
     engine_tps = hf_tps = 0.0
     for _ in range(args.repeats):  # alternate, so both sides see the same machine load
-        engine_tps = max(engine_tps, bench_engine(model_path, prompts, args.max_new_tokens))
+        engine_tps = max(engine_tps, bench_engine(model_path, prompts, args.max_new_tokens,
+                                                  args.device, args.dtype))
         hf_tps = max(hf_tps, bench_hf_generate(model_path, prompts, args.max_new_tokens,
-                                               cfg.pad_token_id or 0))
+                                               cfg.pad_token_id or 0, args.device, args.dtype))
     print(f"model: {model_path} ({cfg.model_type}, hidden {cfg.hidden_size}, "
           f"{cfg.num_hidden_layers} layers, vocab {cfg.vocab_size})")
     print(f"workload: {args.prompts} prompts x {args.max_new_tokens} new tokens, temperature 1")
-    print(f"device: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+    where = (torch.cuda.get_device_name() if args.device.startswith("cuda")
+             else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    print(f"device: {where}, {args.dtype}, torch {torch.__version__}")
     print(f"best of {args.repeats} runs each, alternating")
     print(f"embedded engine   : {engine_tps:10.1f} generated tokens/s")
     print(f"HF model.generate : {hf_tps:10.1f} generated tokens/s")

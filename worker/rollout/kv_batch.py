@@ -8,8 +8,16 @@ other rows share the batch (up to float rounding).
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from transformers import DynamicCache
+
+
+def _cache_kwarg(model: torch.nn.Module) -> str:
+    """transformers 5.2x names the KV-cache argument ``cache``; older releases ``past_key_values``."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
 
 def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
@@ -41,8 +49,8 @@ def prefill(
         input_ids=ids.to(device),
         attention_mask=mask.to(device),
         position_ids=positions.to(device),
-        cache=cache,
         use_cache=True,
+        **{_cache_kwarg(model): cache},
         logits_to_keep=0 if full_logits else 1,
     )
     return out.logits, cache, mask.to(device)
@@ -109,8 +117,8 @@ class KVBatch:
             input_ids=self.next_tokens[:, None],
             attention_mask=self.mask,
             position_ids=self.positions[:, None],
-            cache=self.cache,
             use_cache=True,
+            **{_cache_kwarg(model): self.cache},
         )
         self.positions = self.positions + 1
         return out.logits[:, -1, :]

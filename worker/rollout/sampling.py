@@ -86,7 +86,7 @@ class SamplingParams:
 def choose_tokens(
     logits: torch.Tensor,
     params: list[SamplingParams],
-    generators: list[torch.Generator],
+    generators: list[torch.Generator],  # on the logits' device
     banned: list[list[int]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """logits (B, V) -> (token ids (B,), their logprobs (B,)) with each row's own parameters.
@@ -97,11 +97,12 @@ def choose_tokens(
     B, _V = logits.shape
     logits = logits.float()
     temps = torch.tensor(
-        [1.0 if p.greedy else p.temperature for p in params], dtype=logits.dtype
+        [1.0 if p.greedy else p.temperature for p in params], dtype=logits.dtype,
+        device=logits.device,
     )  # (B,)
     scaled = logits / temps[:, None]  # (B, V)
     logprobs_all = torch.log_softmax(scaled, dim=-1)  # (B, V)
-    tokens = torch.empty(B, dtype=torch.long)
+    tokens = torch.empty(B, dtype=torch.long, device=logits.device)
     for i, p in enumerate(params):
         row = scaled[i]
         if banned and banned[i]:

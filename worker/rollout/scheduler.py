@@ -216,7 +216,7 @@ class Scheduler:
             r.on_update(r, True)
 
     def _generator(self, r: GenerationRequest) -> torch.Generator:
-        g = torch.Generator()
+        g = torch.Generator(device=self.device)
         if r.params.sampling_seed is not None:
             g.manual_seed(int(r.params.sampling_seed))
         else:
