@@ -18,7 +18,7 @@ from kuberl.api.base import SpecModel
 from kuberl.api.spec import MUTABLE_ROLLOUT_FIELDS, TRANSITION_RULES, RLTrainingJobSpec
 from kuberl.api.spec.rollout import RolloutSpec
 from kuberl.api.status import RLTrainingJobStatus
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 CRD_FILENAME = f"{j.GROUP}_{j.PLURAL}.yaml"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -134,14 +134,28 @@ def _convert(node: Any, defs: dict[str, Any], rules: dict[str, list[dict[str, st
     return out
 
 
-def _default_groups(schema: dict[str, Any]) -> None:
-    """Give optional object groups ``default: {}`` so the apiserver fills their nested defaults."""
+def _default_groups(schema: dict[str, Any], model: type[BaseModel]) -> None:
+    """Give optional groups a default, so the apiserver fills their nested fields.
+
+    The default is the group's fully defaulted wire form, not ``{}``: the apiserver validates a default
+    against the schema and CEL rules without applying nested defaults first. A group whose defaults alone
+    are invalid (e.g. placement needs rolloutNumGpus) gets none, and an Optional group stays absent.
+    """
     required = set(schema.get("required", []))
+    fields = {(f.alias or name): f for name, f in model.model_fields.items()}
     for name, prop in schema.get("properties", {}).items():
-        if prop.get("type") == "object" and "properties" in prop:
-            if name not in required and "default" not in prop and not prop.get("nullable"):
-                prop["default"] = {}
-            _default_groups(prop)
+        field = fields.get(name)
+        group = _model_types(field.annotation) if field is not None else []
+        if prop.get("type") != "object" or "properties" not in prop or not group:
+            continue
+        if name not in required and "default" not in prop and field.default is not None:
+            try:
+                value = group[0]()
+            except ValidationError:
+                value = None
+            if value is not None:
+                prop["default"] = value.model_dump(mode="json", by_alias=True, exclude_none=True)
+        _default_groups(prop, group[0])
 
 
 def _enum_values(schema: dict[str, Any]) -> None:
@@ -184,7 +198,7 @@ def build_crd() -> dict[str, Any]:
     """Return the CustomResourceDefinition manifest for RLTrainingJob."""
     spec = openapi_schema(RLTrainingJobSpec)
     spec["description"] = RLTrainingJobSpec.__doc__.strip()
-    _default_groups(spec)
+    _default_groups(spec, RLTrainingJobSpec)
     _transition_rules(spec)
     status = openapi_schema(RLTrainingJobStatus, nullable=True)
     status["x-kubernetes-preserve-unknown-fields"] = True  # kopf's bookkeeping lives in status.kopf

@@ -11,7 +11,8 @@ from pydantic import Field
 class EvalDataset(SpecModel):
     """One named evaluation set (slime: --eval-prompt-data NAME PATH)."""
 
-    name: str = Field(..., pattern=r"^[a-z0-9][a-z0-9_.\-]{0,62}$", description="Name used in metrics.")
+    name: str = Field(..., pattern=r"^[a-z0-9][a-z0-9_.\-]{0,62}$", max_length=63,
+                      description="Name used in metrics.")
     path: str = Field(..., min_length=1, description="Dataset file, .jsonl or .parquet.")
     input_key: str | None = Field(None, min_length=1, description="Prompt key; default rollout's.")
     label_key: str | None = Field(None, min_length=1, description="Label key; default rollout's.")
