@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import aiohttp
@@ -36,7 +37,9 @@ PLURALS = {
     "RoleBinding": "rolebindings",
     "RayJob": "rayjobs",
     "RLTrainingJob": PLURAL,
+    "Event": "events",
 }
+EVENT_SOURCE = "kuberl-operator"
 
 
 class TransientApiError(Exception):
@@ -145,6 +148,49 @@ class Kube:
 
     async def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         return await self.get(API_VERSION, "RLTrainingJob", namespace, name)
+
+    async def list_jobs(self, namespaces: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+        """Return every RLTrainingJob in ``namespaces`` (all namespaces when empty)."""
+        paths = [object_path(API_VERSION, "RLTrainingJob", ns) for ns in namespaces] or [
+            f"/apis/{API_VERSION}/{PLURAL}"
+        ]
+        jobs: list[dict[str, Any]] = []
+        for path in paths:
+            listing = await with_retries(lambda path=path: self._call(path, "GET"))
+            for item in listing.get("items", []):
+                item.setdefault("apiVersion", API_VERSION)
+                item.setdefault("kind", "RLTrainingJob")
+                jobs.append(item)
+        return jobs
+
+    async def post_event(self, obj: Mapping[str, Any], type_: str, reason: str, message: str,
+                         now: datetime) -> None:
+        """Record a core/v1 Event on ``obj``; failures are logged, never raised (events are advisory)."""
+        meta = obj["metadata"]
+        stamp = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": obj.get("apiVersion", API_VERSION), "kind": obj.get("kind"),
+                "name": meta["name"], "namespace": meta["namespace"], "uid": meta.get("uid"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": EVENT_SOURCE},
+            "reportingComponent": EVENT_SOURCE,
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        path = object_path("v1", "Event", meta["namespace"])
+        try:
+            await with_retries(lambda: self._call(path, "POST", body=event,
+                                                  content_type="application/json"))
+        except (ApiError, TransientApiError) as exc:
+            log.warning("could not post event %s on %s: %s", reason, meta["name"], exc)
 
     async def patch_job_status(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         """Merge-patch the job's status subresource (only the keys in ``patch`` change)."""

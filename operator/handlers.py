@@ -1,13 +1,15 @@
 """The kopf shell: gather the job and its RayJob, call the pure core, apply the result, record status.
 
 One idempotent ``reconcile`` serves create, resume and update (apply every child with server-side apply),
-a per-job timer (re-read the RayJob; recreate it if someone deleted it) and RayJob watch events (fold the
-RayJob's state into the job's status at once). Children are owned through ownerReferences, so deleting a
+a periodic resync (re-read each RayJob; recreate it if someone deleted it) and RayJob watch events (fold
+the RayJob's state into the job's status at once). Children are owned through ownerReferences, so deleting a
 job needs no handler and no finalizer: the garbage collector removes them.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -24,6 +26,8 @@ from kuberl.operator.metrics import PhaseTracker
 from kuberl.operator.render import RAYJOB_API_VERSION, render_children
 from kuberl.operator.settings import OperatorConfig, configure_kopf
 from kuberl.operator.status import fold_status, invalid_spec_status, phase_event, status_patch
+
+log = logging.getLogger(__name__)
 
 TRANSIENT_DELAY = 5  # seconds before kopf retries after the apiserver kept failing
 API_ERROR_DELAY = 30  # e.g. the RayJob CRD is missing or rejects the object: slow retry, loud event
@@ -55,7 +59,7 @@ async def _write_status(
         await kube.patch_job_status(meta["namespace"], meta["name"], patch)
     event = phase_event(previous.phase if previous else None, new)
     if event is not None:
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+        await kube.post_event(body, event.type, event.reason, event.message, datetime.now(UTC))
 
 
 async def reconcile(
@@ -81,7 +85,7 @@ async def reconcile(
             previous = _previous_status(body)
             failed = invalid_spec_status(previous, str(exc), now, meta.get("generation"))
             await _write_status(kube, body, previous, failed)
-            kopf.event(body, type="Warning", reason="InvalidSpec", message=str(exc)[:1024])
+            await kube.post_event(body, "Warning", "InvalidSpec", str(exc), now)
             raise kopf.PermanentError(f"invalid spec: {exc}") from None
         previous = job.status
         if previous is not None and previous.phase is not None and previous.phase.is_terminal:
@@ -93,8 +97,9 @@ async def reconcile(
                 )
                 if rayjob is None:
                     apply = True
-                    kopf.event(body, type="Normal", reason="RecreatingRayJob",
-                               message="the RayJob is missing; recreating it")
+                    if previous is not None and previous.ray_job_name:  # it existed: someone deleted it
+                        await kube.post_event(body, "Normal", "RecreatingRayJob",
+                                              "the RayJob is missing; recreating it", now)
             if apply:
                 for child in render_children(job, config.render_settings()).in_apply_order():
                     rayjob = await kube.apply(child)  # the RayJob comes last
@@ -106,11 +111,11 @@ async def reconcile(
         except ApiError as exc:
             outcome.result = metrics.ERROR
             metrics.ERRORS.labels("api").inc()
-            kopf.event(body, type="Warning", reason="ReconcileFailed", message=str(exc)[:1024])
+            await kube.post_event(body, "Warning", "ReconcileFailed", str(exc), now)
             raise kopf.TemporaryError(f"apiserver refused: {exc}", delay=API_ERROR_DELAY) from None
 
 
-# --- handlers (registered by `register`, so the resync interval is a runtime setting) ---------------
+# --- handlers (attached to a registry by `register`) -----------------------------------------------
 
 
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -127,9 +132,13 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     memo.kube = await Kube.connect(config.kubeconfig)
     memo.phases = PhaseTracker()
     metrics.serve(config.metrics_port, config.metrics_addr)
+    memo.resync_task = asyncio.create_task(resync_loop(memo), name="kuberl-resync")
 
 
 async def cleanup(memo: Any, **_: Any) -> None:
+    task = memo.get("resync_task")
+    if task is not None:
+        task.cancel()
     kube = memo.get("kube")
     if kube is not None:
         await kube.close()
@@ -140,9 +149,27 @@ async def ensure(body: kopf.Body, memo: Any, **_: Any) -> None:
     await reconcile(body, memo)
 
 
-async def resync(body: kopf.Body, memo: Any, **_: Any) -> None:
-    """Timer: re-read the RayJob, recreate it if it vanished, fold status (level-triggered)."""
-    await reconcile(body, memo, apply=False)
+async def resync_loop(memo: Any) -> None:
+    """Every ``resync_seconds``: re-read each job's RayJob, recreate it if it vanished, fold status.
+
+    Level-triggered safety net behind the watches. An operator-wide loop rather than a kopf timer: kopf
+    guards timers with a finalizer on every job, which would block deleting jobs while no operator runs.
+    """
+    config: OperatorConfig = memo.config
+    while True:
+        await asyncio.sleep(config.resync_seconds)
+        try:
+            jobs = await memo.kube.list_jobs(config.namespaces)
+        except (ApiError, TransientApiError) as exc:
+            log.warning("resync: cannot list jobs: %s", exc)
+            continue
+        for job in jobs:
+            try:
+                await reconcile(job, memo, apply=False)
+            except (kopf.TemporaryError, kopf.PermanentError) as exc:
+                log.info("resync of %s: %s", job["metadata"]["name"], exc)
+            except Exception:  # one broken job must not stop the loop for the others
+                log.exception("resync of %s failed", job["metadata"]["name"])
 
 
 async def rayjob_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
@@ -170,8 +197,8 @@ def job_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
         phases.set(meta["namespace"], meta["name"], (body.get("status") or {}).get("phase"))
 
 
-def register(registry: kopf.OperatorRegistry, resync_seconds: float = 30.0) -> kopf.OperatorRegistry:
-    """Attach kuberl's handlers to ``registry``."""
+def register(registry: kopf.OperatorRegistry) -> kopf.OperatorRegistry:
+    """Attach kuberl's handlers to ``registry`` (none needs a finalizer on the job)."""
     job = (GROUP, VERSION, PLURAL)
     kopf.on.login(registry=registry)(login)
     kopf.on.startup(registry=registry)(startup)
@@ -179,7 +206,6 @@ def register(registry: kopf.OperatorRegistry, resync_seconds: float = 30.0) -> k
     kopf.on.resume(*job, registry=registry)(ensure)
     kopf.on.create(*job, registry=registry)(ensure)
     kopf.on.update(*job, registry=registry)(ensure)
-    kopf.timer(*job, interval=resync_seconds, initial_delay=resync_seconds, registry=registry)(resync)
     kopf.on.event(*job, registry=registry)(job_event)
     kopf.on.event(
         "ray.io", "v1", "rayjobs", labels={labels.MANAGED_BY: labels.MANAGER}, registry=registry

@@ -18,7 +18,7 @@ async def serve(config: OperatorConfig, stop_flag: asyncio.Event | None = None) 
     """Watch RLTrainingJobs and their RayJobs in ``config.namespaces`` (all when empty)."""
     if config.kubeconfig:  # kopf's own login reads $KUBECONFIG; keep both clients on one cluster
         os.environ["KUBECONFIG"] = config.kubeconfig
-    registry = register(kopf.OperatorRegistry(), config.resync_seconds)
+    registry = register(kopf.OperatorRegistry())
     log.info(
         "kuberl operator watching %s; metrics on :%s",
         ", ".join(config.namespaces) or "all namespaces", config.metrics_port or "off",

@@ -20,7 +20,7 @@ class OperatorConfig:
     metrics_port: int = 8080  # 0 disables /metrics
     metrics_addr: str = "0.0.0.0"
     worker_image: str = DEFAULT_WORKER_IMAGE
-    resync_seconds: float = 30.0  # the timer that re-reads each job's RayJob (level-triggered)
+    resync_seconds: float = 30.0  # how often every job's RayJob is re-read (level-triggered)
     kubeconfig: str | None = None  # None: in-cluster, else $KUBECONFIG / ~/.kube/config
     liveness_endpoint: str | None = None  # e.g. http://0.0.0.0:8081/healthz
 
