@@ -86,49 +86,67 @@ class SamplingParams:
 def choose_tokens(
     logits: torch.Tensor,
     params: list[SamplingParams],
-    generators: list[torch.Generator],  # on the logits' device
+    generators: list[torch.Generator | None],
     banned: list[list[int]] | None = None,
+    generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """logits (B, V) -> (token ids (B,), their logprobs (B,)) with each row's own parameters.
 
-    ``banned`` lists per row the token ids that may not be chosen yet (stop tokens before
-    ``min_new_tokens``); they are removed from the sampling distribution only, not from the logprob.
+    Rows with a generator of their own (``sampling_seed``) draw from it, so their samples do not
+    depend on the batch; the others share ``generator`` in one batched draw. ``banned`` lists per
+    row the token ids that may not be chosen yet (stop tokens before ``min_new_tokens``); they are
+    removed from the choice only, not from the reported logprob. No host sync inside.
     """
-    B, _V = logits.shape
+    # logits (B, V)
     logits = logits.float()
+    device = logits.device
     temps = torch.tensor(
-        [1.0 if p.greedy else p.temperature for p in params], dtype=logits.dtype,
-        device=logits.device,
+        [1.0 if p.greedy else p.temperature for p in params], dtype=logits.dtype, device=device
     )  # (B,)
     scaled = logits / temps[:, None]  # (B, V)
     logprobs_all = torch.log_softmax(scaled, dim=-1)  # (B, V)
-    tokens = torch.empty(B, dtype=torch.long, device=logits.device)
-    for i, p in enumerate(params):
-        row = scaled[i]
-        if banned and banned[i]:
-            row = row.clone()
-            row[banned[i]] = float("-inf")
-        if p.greedy:
-            tokens[i] = int(torch.argmax(row))
-            continue
-        probs = torch.softmax(row, dim=-1)  # (V,)
-        probs = _filter(probs, p)
-        tokens[i] = int(torch.multinomial(probs, 1, generator=generators[i]))
+    pick = scaled
+    if banned and any(banned):
+        rows = [i for i, b in enumerate(banned) for _ in b]
+        cols = [t for b in banned for t in b]
+        pick = scaled.clone()
+        pick[rows, cols] = float("-inf")
+    tokens = pick.argmax(dim=-1)  # (B,) final for greedy rows
+    sampled = [i for i, p in enumerate(params) if not p.greedy]
+    if sampled:
+        idx = torch.tensor(sampled, device=device)
+        probs = _filter(torch.softmax(pick.index_select(0, idx), dim=-1),
+                        [params[i] for i in sampled])  # (S, V)
+        draws = torch.empty(len(sampled), dtype=torch.long, device=device)  # (S,)
+        shared = [k for k, i in enumerate(sampled) if generators[i] is None]
+        if shared:
+            rows_t = torch.tensor(shared, device=device)
+            draws[rows_t] = torch.multinomial(probs.index_select(0, rows_t), 1,
+                                              generator=generator).squeeze(1)
+        for k, i in enumerate(sampled):
+            if generators[i] is not None:
+                draws[k] = torch.multinomial(probs[k], 1, generator=generators[i])[0]
+        tokens[idx] = draws
     chosen = logprobs_all.gather(1, tokens[:, None]).squeeze(1)  # (B,)
     return tokens, chosen
 
 
-def _filter(probs: torch.Tensor, p: SamplingParams) -> torch.Tensor:
-    """probs (V,) -> renormalised probs after top-k, top-p and min-p (SGLang's order)."""
-    if p.top_k > 0 and p.top_k < probs.numel():
-        kth = torch.topk(probs, p.top_k).values[-1]
-        probs = torch.where(probs >= kth, probs, torch.zeros_like(probs))
-    if p.top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
-        cumulative = torch.cumsum(sorted_probs, dim=0)
-        drop = (cumulative - sorted_probs) > p.top_p  # keep the smallest prefix reaching top_p
-        sorted_probs[drop] = 0.0
-        probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
-    if p.min_p > 0.0:
-        probs = torch.where(probs >= p.min_p * probs.max(), probs, torch.zeros_like(probs))
-    return probs / probs.sum()
+def _filter(probs: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+    """probs (S, V) -> renormalised probs after each row's top-k, top-p and min-p."""
+    V = probs.shape[-1]
+    if all(p.top_k in (-1, 0) or p.top_k >= V for p in params) and all(
+        p.top_p >= 1.0 and p.min_p <= 0.0 for p in params
+    ):
+        return probs
+    device = probs.device
+    top_k = torch.tensor([p.top_k if 0 < p.top_k < V else V for p in params], device=device)
+    top_p = torch.tensor([p.top_p for p in params], device=device, dtype=probs.dtype)
+    min_p = torch.tensor([p.min_p for p in params], device=device, dtype=probs.dtype)
+    sorted_probs, order = torch.sort(probs, dim=-1, descending=True)  # (S, V)
+    ranks = torch.arange(V, device=device)[None, :]  # (1, V)
+    drop = ranks >= top_k[:, None]
+    drop |= (sorted_probs.cumsum(-1) - sorted_probs) > top_p[:, None]  # keep the prefix reaching p
+    drop |= sorted_probs < min_p[:, None] * sorted_probs[:, :1]
+    sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+    probs = torch.zeros_like(probs).scatter(1, order, sorted_probs)
+    return probs / probs.sum(-1, keepdim=True)

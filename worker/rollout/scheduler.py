@@ -82,8 +82,7 @@ class Scheduler:
         self.weight_version = weight_version
         self.max_running = max_running_requests
         self.max_prefill_tokens = max_prefill_tokens
-        self._seed = seed
-        self._seq = 0
+        self._rng = torch.Generator(device=self.device).manual_seed(seed)
         self._commands: deque[Callable[[], None]] = deque()
         self._wake = threading.Event()
         self._waiting: deque[GenerationRequest] = deque()
@@ -215,14 +214,11 @@ class Scheduler:
         if r.on_update:
             r.on_update(r, True)
 
-    def _generator(self, r: GenerationRequest) -> torch.Generator:
-        g = torch.Generator(device=self.device)
-        if r.params.sampling_seed is not None:
-            g.manual_seed(int(r.params.sampling_seed))
-        else:
-            self._seq += 1
-            g.manual_seed(self._seed * 1_000_003 + self._seq)
-        return g
+    def _generator(self, r: GenerationRequest) -> torch.Generator | None:
+        """A request's own generator when it has a sampling_seed; None shares the engine's."""
+        if r.params.sampling_seed is None:
+            return None
+        return torch.Generator(device=self.device).manual_seed(int(r.params.sampling_seed))
 
     def _admit(self) -> None:
         new: list[GenerationRequest] = []
@@ -283,7 +279,7 @@ class Scheduler:
             for r in rows
         ]
         tokens, logprobs = choose_tokens(
-            logits, [r.params for r in rows], [r.generator for r in rows], banned
+            logits, [r.params for r in rows], [r.generator for r in rows], banned, self._rng
         )
         return tokens.cpu(), logprobs.cpu()
 

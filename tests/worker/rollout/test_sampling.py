@@ -32,6 +32,19 @@ def test_filters_only_sample_from_the_allowed_tokens(params):
     assert seen == {0, 1}
 
 
+def test_batched_draw_respects_each_rows_filters():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]] * 3))
+    params = [SamplingParams(top_k=1, temperature=1.0), SamplingParams(top_p=0.6),
+              SamplingParams(min_p=0.2)]
+    rng = torch.Generator().manual_seed(0)
+    seen = [set(), set(), set()]
+    for _ in range(300):
+        tokens, _ = choose_tokens(logits, params, [None] * 3, generator=rng)
+        for row, t in enumerate(tokens.tolist()):
+            seen[row].add(t)
+    assert seen == [{0}, {0, 1}, {0, 1, 2}]
+
+
 def test_banned_tokens_are_never_chosen():
     logits = torch.tensor([[10.0, 0.0, 0.0]])
     tok, _ = choose_tokens(logits, [SamplingParams(temperature=0.0)], gens(1), banned=[[0]])
