@@ -67,6 +67,15 @@ go_build kube "$here/kube" "$(version_ldflags)" \
 go_build etcd "$here/etcd" "-s -w" go.etcd.io/etcd/server/v3
 if [ -x "$bin/server" ]; then mv -f "$bin/server" "$bin/etcd"; fi   # go names a .../server/v3 binary "server"
 go_build kwok "$here/kwok" "-s -w" sigs.k8s.io/kwok/cmd/kwok
+# kwok >= 0.5 refuses to start without Stage objects: take the module's own "fast" node and pod stages
+# (nodes initialise and keep a lease; pods become Ready, complete, and go away when deleted).
+kwok_dir="$(cd "$here/kwok" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)"
+mkdir -p "$root/kwok"
+for stage in node/fast/node-initialize node/heartbeat-with-lease/node-heartbeat-with-lease \
+    pod/fast/pod-ready pod/fast/pod-complete pod/fast/pod-delete; do
+  cat "$kwok_dir/kustomize/stage/$stage.yaml"
+  echo "---"
+done >"$root/kwok/stages.yaml"
 
 # KubeRay: try the one pinned version; a failure is recorded, not fatal (kuberl.devcluster emulates it).
 if go_build kuberay "$here/kuberay" "-s -w" "$KUBERAY_MODULE"; then

@@ -13,8 +13,10 @@ from kuberl.devcluster.cluster import (
     ClusterState,
     attach,
     start_cluster,
+    start_kuberay_operator,
     stop_cluster,
 )
+from kuberl.devcluster.kuberay_emulator import KubeRayEmulator
 from kuberl.devcluster.nodes import FAKE_NODE_TOLERATIONS, GPU_PRODUCT, h100_node, h100_nodes
 
 __all__ = [
@@ -25,11 +27,13 @@ __all__ = [
     "Binaries",
     "Cluster",
     "ClusterState",
+    "KubeRayEmulator",
     "attach",
     "cache_root",
     "find_binaries",
     "h100_node",
     "h100_nodes",
     "start_cluster",
+    "start_kuberay_operator",
     "stop_cluster",
 ]

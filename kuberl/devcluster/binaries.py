@@ -21,10 +21,11 @@ def cache_root() -> Path:
 
 @dataclass(frozen=True)
 class Binaries:
-    """Absolute paths of every executable a local cluster runs, plus the KubeRay CRD folder."""
+    """Absolute paths of every executable a local cluster runs, the KubeRay CRD folder and kwok's stages."""
 
     bin_dir: Path
     kuberay_crds: Path
+    kwok_stages: Path
 
     def path(self, name: str) -> str:
         return str(self.bin_dir / name)
@@ -45,10 +46,13 @@ def find_binaries(bin_dir: Path | None = None) -> Binaries:
     crds = bin_dir.parent / "crds" / "kuberay"
     if not list(crds.glob("ray.io_*.yaml")):
         missing.append("crds/kuberay/ray.io_*.yaml")
+    stages = bin_dir.parent / "kwok" / "stages.yaml"
+    if not stages.is_file():
+        missing.append("kwok/stages.yaml")
     if missing:
         raise ClusterError(
             f"local control-plane binaries missing in {bin_dir}: {', '.join(missing)}; "
             f"run {BUILD_SCRIPT} (or `kuberl dev cluster build`) once to build and cache them "
             "(a cold build takes tens of minutes on 2 cores; a warm one returns at once)"
         )
-    return Binaries(bin_dir=bin_dir, kuberay_crds=crds)
+    return Binaries(bin_dir=bin_dir, kuberay_crds=crds, kwok_stages=stages)

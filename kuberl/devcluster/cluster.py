@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 REPO_CRDS = Path(__file__).resolve().parents[2] / "crds"
 STATE_FILE = "state.json"
+KUBERAY_KINDS = ("rayclusters", "rayjobs")  # RayService (another 1 MB of schema) is not used by kuberl
 KUBERAY_NAMESPACE = "kuberay-system"  # the only namespace a real KubeRay operator watches, if one runs
 _STOP_ORDER = ("kuberay-operator", "kwok", "kube-scheduler", "kube-controller-manager",
                "kube-apiserver", "etcd")
@@ -162,6 +163,13 @@ def _unverified_context() -> ssl.SSLContext:
     return ctx
 
 
+def _all_established(cluster: Cluster) -> bool:
+    """Every CRD reports Established=True (``kubectl wait`` errors out on a CRD without conditions yet)."""
+    items = json.loads(cluster.kubectl("get", "crd", "-o", "json").stdout)["items"]
+    return all(any(c["type"] == "Established" and c["status"] == "True"
+                   for c in (crd.get("status") or {}).get("conditions") or []) for crd in items)
+
+
 # --- component command lines ------------------------------------------------------------------------------
 
 
@@ -208,17 +216,18 @@ def _scheduler_argv(b: Binaries, kubeconfig: Path, cert_dir: Path, port: int) ->
 
 
 def _kwok_argv(b: Binaries, kubeconfig: Path) -> list[str]:
-    return [b.path("kwok"), f"--kubeconfig={kubeconfig}", "--manage-all-nodes=false",
+    return [b.path("kwok"), f"--config={b.kwok_stages}", f"--kubeconfig={kubeconfig}",
+            "--manage-all-nodes=false",
             "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
             "--manage-nodes-with-label-selector=",
             "--disregard-status-with-annotation-selector=kwok.x-k8s.io/status=custom",
             "--cidr=10.244.0.1/16", "--node-ip=10.96.0.1"]
 
 
-def _kuberay_argv(operator: Path, metrics: int, probe: int) -> list[str]:
+def _kuberay_argv(operator: Path, metrics: int, probe: int, namespace: str) -> list[str]:
     return [str(operator), f"--metrics-addr=127.0.0.1:{metrics}",
             f"--health-probe-bind-address=127.0.0.1:{probe}", "--enable-leader-election=false",
-            f"--watch-namespace={KUBERAY_NAMESPACE}", "--log-stdout-encoder=console"]
+            f"--watch-namespace={namespace}", "--log-stdout-encoder=console"]
 
 
 # --- start and stop ---------------------------------------------------------------------------------------
@@ -262,6 +271,10 @@ def start_cluster(directory: Path | None = None, *, nodes: int = 2,
         return rec
 
     started = time.monotonic()
+
+    def mark(step: str) -> None:
+        log.debug("%5.1f s  %s", time.monotonic() - started, step)
+
     try:
         etcd = spawn("etcd", _etcd_argv(b, directory / "etcd", etcd_client, etcd_peer))
         _wait("etcd /health", lambda: _http_ok(f"http://127.0.0.1:{etcd_client}/health",
@@ -269,56 +282,90 @@ def start_cluster(directory: Path | None = None, *, nodes: int = 2,
         apiserver = spawn("kube-apiserver",
                           _apiserver_argv(b, pki, directory / "apiserver", etcd_client, api))
         ctx = _client_context(pki)
+        mark("etcd ready")
         _wait("kube-apiserver /readyz", lambda: _http_ok(f"{state.server}/readyz", ctx), timeout,
               [etcd, apiserver])
+        mark("kube-apiserver ready")
         kubeconfig.write_text(kubeconfig_yaml(state.server, pki))
         kubeconfig.chmod(0o600)
 
-        files = sorted(b.kuberay_crds.glob("ray.io_*.yaml")) + crd_files(crd_dirs)
-        cluster.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=kuberl-dev",
-                        *(a for f in files for a in ("-f", str(f))), timeout=timeout)
-        cluster.kubectl("wait", "--for=condition=Established", "crd", "--all",
-                        f"--timeout={int(timeout)}s", timeout=timeout + 5)
-
+        # The scheduler, kwok and the fake nodes do not care about CRDs: start them while CRDs install.
         watch = [etcd, apiserver]
-        watch.append(spawn("kube-controller-manager", _controller_manager_argv(
-            b, pki, kubeconfig, directory / "controller-manager", kcm)))
         watch.append(spawn("kube-scheduler", _scheduler_argv(b, kubeconfig, directory / "scheduler",
                                                              sched)))
         watch.append(spawn("kwok", _kwok_argv(b, kubeconfig)))
-        operator = b.kuberay_operator if kuberay_operator else None
-        if kuberay_operator and operator is None:
-            raise ClusterError("the KubeRay operator binary was not built (see "
-                               "docs/local-control-plane.md); start without it")
-        if operator is not None:
-            cluster.kubectl("create", "namespace", KUBERAY_NAMESPACE)
-            metrics, probe = processes.free_port(), processes.free_port()
-            watch.append(spawn("kuberay-operator", _kuberay_argv(operator, metrics, probe),
-                               env={"KUBECONFIG": str(kubeconfig), "PATH": "/usr/bin:/bin"}))
-            state.kuberay_operator = True
+        if nodes:
+            cluster.kubectl("create", "-f", "-", input=yaml.safe_dump_all(h100_nodes(nodes)))
 
-        cluster.kubectl("create", "-f", "-", input=yaml.safe_dump_all(h100_nodes(nodes)))
+        files = [b.kuberay_crds / f"ray.io_{kind}.yaml" for kind in KUBERAY_KINDS]
+        files += crd_files(crd_dirs)
+        if files:
+            cluster.kubectl("apply", "--server-side", "--force-conflicts",
+                            "--field-manager=kuberl-dev",
+                            *(a for f in files for a in ("-f", str(f))), timeout=timeout)
+        _wait("CRDs Established", lambda: _all_established(cluster), timeout, watch)
+        mark(f"{len(files)} CRDs established")
+
+        # Only now the controller manager: its garbage collector sees every CRD type from the start.
+        watch.append(spawn("kube-controller-manager", _controller_manager_argv(
+            b, pki, kubeconfig, directory / "controller-manager", kcm)))
+
         unverified = _unverified_context()
         _wait("kube-controller-manager /healthz",
               lambda: _http_ok(f"https://127.0.0.1:{kcm}/healthz", unverified), timeout, watch)
         _wait("kube-scheduler /healthz",
               lambda: _http_ok(f"https://127.0.0.1:{sched}/healthz", unverified), timeout, watch)
+        mark("controller manager and scheduler healthy")
         if nodes:
             _wait(f"{nodes} fake H100 node(s) Ready (kwok)", lambda: cluster.kubectl(
                 "wait", "--for=condition=Ready", "node", "--all", "--timeout=2s",
                 check=False, timeout=10).returncode == 0, timeout, watch)
+            mark("nodes Ready")
         # The default ServiceAccount proves the controller manager's controllers are syncing.
         _wait("the default ServiceAccount (controller manager syncing)",
               lambda: cluster.get("serviceaccount", "default", "default") is not None, timeout, watch)
-        if operator is not None:
-            _wait("kuberay-operator /readyz",
-                  lambda: _http_ok(f"http://127.0.0.1:{probe}/readyz"), timeout, watch)
+        if kuberay_operator:
+            start_kuberay_operator(cluster, b, timeout=timeout)
     except BaseException:
         stop_cluster(state)
         raise
     state.save()
     log.info("cluster ready in %.1f s: KUBECONFIG=%s", time.monotonic() - started, kubeconfig)
     return cluster
+
+
+def start_kuberay_operator(cluster: Cluster, binaries: Binaries | None = None, *,
+                           namespace: str = KUBERAY_NAMESPACE, timeout: float = 60.0) -> ProcessRecord:
+    """Run the real KubeRay operator (v1.5.0), watching only ``namespace`` so it never fights tests that
+    play KubeRay by patching RayJob status elsewhere. It also needs the RayService CRD. When the cluster was
+    started here, the process joins its state (``stop_cluster`` stops it); otherwise the caller stops it
+    with ``processes.stop``."""
+    b = binaries or find_binaries()
+    operator = b.kuberay_operator
+    if operator is None:
+        raise ClusterError("the KubeRay operator binary was not built (hack/cluster/build.sh logs it in "
+                           f"{b.bin_dir.parent / 'logs' / 'kuberay.log'}); tests can use "
+                           "kuberl.devcluster.KubeRayEmulator instead")
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=kuberl-dev",
+                    "-f", str(b.kuberay_crds / "ray.io_rayservices.yaml"), timeout=timeout)
+    _wait("the RayService CRD Established", lambda: _all_established(cluster), timeout)
+    if cluster.get("namespace", namespace) is None:
+        cluster.kubectl("create", "namespace", namespace)
+    metrics, probe = processes.free_port(), processes.free_port()
+    log_dir = (cluster.state.directory if cluster.state else cluster.kubeconfig.parent) / "logs"
+    rec = processes.spawn("kuberay-operator", _kuberay_argv(operator, metrics, probe, namespace),
+                          log_dir, env={"KUBECONFIG": str(cluster.kubeconfig), "PATH": "/usr/bin:/bin"})
+    if cluster.state is not None:
+        cluster.state.processes.append(rec)
+        cluster.state.kuberay_operator = True
+        cluster.state.save()
+    try:
+        _wait("kuberay-operator /readyz", lambda: _http_ok(f"http://127.0.0.1:{probe}/readyz"),
+              timeout, [rec])
+    except BaseException:
+        processes.stop(rec)
+        raise
+    return rec
 
 
 def stop_cluster(state: ClusterState | Path, *, remove: bool | None = None) -> None:

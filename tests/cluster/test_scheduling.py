@@ -25,7 +25,8 @@ def gpu_pod(name: str, node_label: str, gpus: int) -> dict[str, Any]:
             "containers": [{"name": "trainer", "image": "kuberl/megatron:test",
                             "resources": {"limits": {"nvidia.com/gpu": gpus}}}],
             "nodeSelector": {"kuberl.io/test-node": node_label},
-            "tolerations": copy.deepcopy(FAKE_NODE_TOLERATIONS),
+            "tolerations": [*copy.deepcopy(FAKE_NODE_TOLERATIONS),
+                            {"key": "kuberl.io/test-node", "operator": "Exists"}],
             "terminationGracePeriodSeconds": 0,
         },
     }
@@ -45,10 +46,11 @@ def wait_pod(cluster: Cluster, name: str, check: Any, what: str, timeout: float 
 
 @pytest.fixture
 def private_node(kube_cluster: Cluster) -> Iterator[tuple[str, str]]:
-    """A fresh fake 8×H100 node only this test's pods select, so other tests cannot take its GPUs."""
+    """A fresh fake 8×H100 node only this test's pods select and tolerate, so nothing else takes its GPUs."""
     label = uuid.uuid4().hex[:8]
     node = h100_node(f"h100-test-{label}")
     node["metadata"]["labels"]["kuberl.io/test-node"] = label
+    node["spec"]["taints"].append({"key": "kuberl.io/test-node", "value": label, "effect": "NoSchedule"})
     kube_cluster.kubectl("create", "-f", "-", input=json.dumps(node))
     yield node["metadata"]["name"], label
     kube_cluster.kubectl("delete", "node", node["metadata"]["name"], "--wait=false", check=False)
