@@ -164,7 +164,9 @@ def test_watched_namespaces_get_roles_only_there(render) -> None:
     assert sorted(b["metadata"]["namespace"] for b in find(objects, "RoleBinding")) == sorted(
         values["watchNamespaces"])
     [cluster_role] = find(objects, "ClusterRole")
-    assert {r for rule in cluster_role["rules"] for r in rule["resources"]} == {"customresourcedefinitions"}
+    assert {r for rule in cluster_role["rules"] for r in rule["resources"]} == {"customresourcedefinitions",
+                                                                             "namespaces"}
+    assert {v for rule in cluster_role["rules"] for v in rule["verbs"]} == {"list", "watch"}
 
 
 def test_prometheus_rule_is_the_tested_rule_file(render, tmp_path: Path) -> None:

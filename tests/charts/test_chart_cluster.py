@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
-from kuberl.monitoring.prometheus import free_port
+from kuberl.monitoring import dashboards
+from kuberl.monitoring.prometheus import LocalPrometheus, free_port
 from tests.charts.conftest import CHART, FEATURE_VALUES, REPO, run_helm
 
 pytestmark = pytest.mark.cluster
@@ -144,25 +145,29 @@ def _service_account_kubeconfig(kubectl: Kubectl, kubeconfig: str, installed: di
     return path
 
 
-def test_operator_reconciles_with_only_the_charts_rbac(kubectl: Kubectl, kubeconfig: str, installed,
-                                                       tmp_path: Path) -> None:
-    """Least privilege is enough: the operator, run with the Deployment's own args as the chart's
-    ServiceAccount, turns a job into all its children and writes status, without a single 403."""
-    sa_config = _service_account_kubeconfig(kubectl, kubeconfig, installed, tmp_path / "sa.kubeconfig")
+@pytest.fixture(scope="module")
+def operator_run(kubectl: Kubectl, kubeconfig: str, installed, tmp_path_factory) -> Iterator[dict[str, Any]]:
+    """The operator, run with the installed Deployment's own arguments as the chart's ServiceAccount (the
+    pod's in-cluster identity), scraped by a real Prometheus; a job is applied and reconciled."""
+    tmp = tmp_path_factory.mktemp("chart-operator")
+    sa_config = _service_account_kubeconfig(kubectl, kubeconfig, installed, tmp / "sa.kubeconfig")
     container = _container(kubectl, installed)
-    log_path = tmp_path / "operator.log"
+    log_path = tmp / "operator.log"
     cmd = [sys.executable, "-m", "kuberl.cli.main", *container["args"], "--kubeconfig", str(sa_config),
            "--resync-seconds", "2"]
     env = {**os.environ, "KUBECONFIG": str(sa_config)}
     env.pop("KUBERNETES_SERVICE_HOST", None)
+    prom = LocalPrometheus({"operator": f"127.0.0.1:{installed['ports']['metrics']}"}, interval="1s")
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
+        prom.start()
         job = yaml.safe_load((REPO / "examples" / "glm4-9b-dapo-math.yaml").read_text())
         job["metadata"] = {"name": "chart-rbac", "namespace": installed["watched"]}
         kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump(job))
         deadline = time.monotonic() + 90
-        rayjob = status = None
+        rayjob: dict[str, Any] | None = None
+        status: dict[str, Any] = {}
         while time.monotonic() < deadline and proc.poll() is None:
             got = kubectl("get", "rayjobs.ray.io", "chart-rbac", "-n", installed["watched"], "-o", "json",
                           check=False)
@@ -172,16 +177,8 @@ def test_operator_reconciles_with_only_the_charts_rbac(kubectl: Kubectl, kubecon
             if rayjob and status.get("phase"):
                 break
             time.sleep(1)
-        log = log_path.read_text()
-        assert proc.poll() is None, f"operator exited: {log[-3000:]}"
-        assert rayjob is not None, f"no RayJob after 90 s; operator log: {log[-3000:]}"
-        assert status and status.get("phase"), f"no status.phase; operator log: {log[-3000:]}"
-        assert "Forbidden" not in log and " 403" not in log, log[-3000:]
-        for kind in ("configmaps", "serviceaccounts", "roles.rbac.authorization.k8s.io",
-                     "rolebindings.rbac.authorization.k8s.io"):
-            items = kubectl.json("get", kind, "-n", installed["watched"], "-l",
-                                 "kuberl.io/job-name=chart-rbac")["items"]
-            assert items, f"operator created no {kind}"
+        time.sleep(3)  # a few more scrapes after the reconcile
+        yield {"proc": proc, "log": log_path, "rayjob": rayjob, "status": status, "prom": prom}
     finally:
         proc.terminate()
         try:
@@ -189,3 +186,27 @@ def test_operator_reconciles_with_only_the_charts_rbac(kubectl: Kubectl, kubecon
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        prom.stop()
+
+
+def test_operator_reconciles_with_only_the_charts_rbac(kubectl: Kubectl, installed, operator_run) -> None:
+    """Least privilege is enough: the job becomes all its children and gets a status, without a single 403."""
+    log = operator_run["log"].read_text()
+    assert operator_run["proc"].poll() is None, f"operator exited: {log[-3000:]}"
+    assert operator_run["rayjob"] is not None, f"no RayJob after 90 s; operator log: {log[-3000:]}"
+    assert operator_run["status"].get("phase"), f"no status.phase; operator log: {log[-3000:]}"
+    assert "Forbidden" not in log and " 403" not in log, log[-3000:]
+    for kind in ("configmaps", "serviceaccounts", "roles.rbac.authorization.k8s.io",
+                 "rolebindings.rbac.authorization.k8s.io"):
+        items = kubectl.json("get", kind, "-n", installed["watched"], "-l", "kuberl.io/job-name=chart-rbac")["items"]
+        assert items, f"operator created no {kind}"
+
+
+def test_operator_dashboard_queries_return_data_from_the_running_operator(operator_run) -> None:
+    """A real Prometheus scraping the real operator process: every operator panel has data, except the
+    errors panel, whose counter has no series until a first error (none happen in a clean reconcile)."""
+    prom: LocalPrometheus = operator_run["prom"]
+    board = dashboards.to_grafana(dashboards.operator())
+    empty = [title for title, expr in dashboards.panel_queries(board)
+             if not prom.query(dashboards.substitute(expr, rate_interval="1m"))]
+    assert set(empty) <= {"Reconcile errors / s"}, empty
