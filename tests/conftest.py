@@ -54,8 +54,9 @@ def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     problem = _cluster_unavailable()
     if problem:
         pytest.fail(problem, pytrace=False)
+    # die_with_parent: a session killed by a timeout must not leave an apiserver on the shared machine.
     cluster = start_cluster(tmp_path_factory.mktemp("kube-cluster"), nodes=CLUSTER_NODES,
-                            remove_on_stop=False)
+                            remove_on_stop=False, die_with_parent=True)
     try:
         yield cluster
     finally:

@@ -9,6 +9,8 @@ All state (PKI, etcd data, logs, kubeconfig, ``state.json``) lives in one direct
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import shutil
@@ -26,7 +28,13 @@ from typing import Any
 import yaml
 
 from kuberl.devcluster import processes
-from kuberl.devcluster.binaries import BUILD_SCRIPT, Binaries, cache_root, find_binaries
+from kuberl.devcluster.binaries import (
+    BUILD_SCRIPT,
+    K8S_VERSION,
+    Binaries,
+    cache_root,
+    find_binaries,
+)
 from kuberl.devcluster.nodes import h100_nodes
 from kuberl.devcluster.pki import Pki, kubeconfig_yaml, write_pki
 from kuberl.devcluster.processes import ProcessRecord
@@ -53,11 +61,13 @@ class ClusterState:
     owns_directory: bool
     processes: list[ProcessRecord] = field(default_factory=list)
     kuberay_operator: bool = False
+    die_with_parent: bool = False  # components are SIGKILLed by the kernel when their starter dies
 
     def save(self) -> None:
         data = {"directory": str(self.directory), "kubeconfig": str(self.kubeconfig),
                 "server": self.server, "bin_dir": str(self.bin_dir),
                 "owns_directory": self.owns_directory, "kuberay_operator": self.kuberay_operator,
+                "die_with_parent": self.die_with_parent,
                 "processes": [p.to_json() for p in self.processes]}
         tmp = self.directory / (STATE_FILE + ".tmp")
         tmp.write_text(json.dumps(data, indent=2))
@@ -75,6 +85,7 @@ class ClusterState:
                    server=data["server"], bin_dir=Path(data["bin_dir"]),
                    owns_directory=bool(data["owns_directory"]),
                    kuberay_operator=bool(data.get("kuberay_operator")),
+                   die_with_parent=bool(data.get("die_with_parent")),
                    processes=[ProcessRecord(**p) for p in data["processes"]])
 
 
@@ -163,11 +174,46 @@ def _unverified_context() -> ssl.SSLContext:
     return ctx
 
 
-def _all_established(cluster: Cluster) -> bool:
-    """Every CRD reports Established=True (``kubectl wait`` errors out on a CRD without conditions yet)."""
-    items = json.loads(cluster.kubectl("get", "crd", "-o", "json").stdout)["items"]
-    return all(any(c["type"] == "Established" and c["status"] == "True"
-                   for c in (crd.get("status") or {}).get("conditions") or []) for crd in items)
+def _crds_served(cluster: Cluster) -> bool:
+    """Every CRD reports Established=True and its resource answers a list through discovery
+    (``kubectl wait`` errors out on a CRD that has no conditions yet, so this polls instead)."""
+    proc = cluster.kubectl("get", "crd", "-o", "jsonpath={range .items[*]}{.metadata.name} "
+                           '{.status.conditions[?(@.type=="Established")].status}{"\\n"}{end}',
+                           check=False, timeout=20)
+    if proc.returncode != 0:  # a CRD without any conditions yet cannot be filtered
+        return False
+    lines = proc.stdout.split("\n")
+    pairs = [line.split() for line in lines if line.strip()]
+    if not pairs or any(len(p) != 2 or p[1] != "True" for p in pairs):
+        return not pairs
+    names = ",".join(p[0] for p in pairs)
+    return cluster.kubectl("get", names, "-A", "-o", "name", check=False, timeout=20).returncode == 0
+
+
+def _etcd_template_dir(b: Binaries, crd_paths: Sequence[Path]) -> Path:
+    """Where an etcd data directory with exactly these CRDs already stored is cached. Starting from a copy
+    skips installing and establishing ~2 MB of CRD schemas, the slowest step of a cold start."""
+    digest = hashlib.sha256(K8S_VERSION.encode())
+    digest.update((b.bin_dir / ".stamp-etcd").read_bytes() if (b.bin_dir / ".stamp-etcd").exists()
+                  else b"")
+    for path in crd_paths:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return b.bin_dir.parent / "etcd-templates" / digest.hexdigest()[:16]
+
+
+def _save_template(data_dir: Path, template: Path, keep: int = 3) -> None:
+    """Copy a cleanly stopped etcd data directory into the template cache (atomically; a concurrent
+    writer of the same template wins harmlessly) and keep only the ``keep`` newest templates."""
+    template.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=template.parent))
+    shutil.copytree(data_dir, staging / "etcd")
+    with contextlib.suppress(OSError):  # another session saved the same template first
+        (staging / "etcd").rename(template)
+    shutil.rmtree(staging, ignore_errors=True)
+    others = sorted((p for p in template.parent.iterdir() if not p.name.startswith(".")),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in others[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 # --- component command lines ------------------------------------------------------------------------------
@@ -241,11 +287,13 @@ def crd_files(extra_dirs: Sequence[Path] = (REPO_CRDS,)) -> list[Path]:
 def start_cluster(directory: Path | None = None, *, nodes: int = 2,
                   crd_dirs: Sequence[Path] = (REPO_CRDS,), kuberay_operator: bool = False,
                   timeout: float = 90.0, binaries: Binaries | None = None,
-                  remove_on_stop: bool | None = None) -> Cluster:
+                  remove_on_stop: bool | None = None, die_with_parent: bool = False) -> Cluster:
     """Start a cluster and return its handle once every component is ready and ``nodes`` fake H100 nodes
     are Ready. On any failure everything already started is stopped before ClusterError is raised.
 
-    Without ``directory`` a temporary one is made and removed on stop (``remove_on_stop`` overrides)."""
+    Without ``directory`` a temporary one is made and removed on stop (``remove_on_stop`` overrides).
+    ``die_with_parent`` (for test sessions) makes the kernel kill every component if this process dies
+    without stopping them; ``kuberl dev cluster up`` leaves it off so the cluster outlives the command."""
     b = binaries or find_binaries()
     owns = directory is None if remove_on_stop is None else remove_on_stop
     directory = Path(tempfile.mkdtemp(prefix="kuberl-cluster-")) if directory is None else directory
@@ -261,11 +309,12 @@ def start_cluster(directory: Path | None = None, *, nodes: int = 2,
     pki = write_pki(directory / "pki")
     etcd_client, etcd_peer, api, kcm, sched = (processes.free_port() for _ in range(5))
     state = ClusterState(directory=directory, kubeconfig=kubeconfig,
-                         server=f"https://127.0.0.1:{api}", bin_dir=b.bin_dir, owns_directory=owns)
+                         server=f"https://127.0.0.1:{api}", bin_dir=b.bin_dir, owns_directory=owns,
+                         die_with_parent=die_with_parent)
     cluster = Cluster(kubeconfig, b.path("kubectl"), state)
 
     def spawn(name: str, argv: list[str], env: dict[str, str] | None = None) -> ProcessRecord:
-        rec = processes.spawn(name, argv, logs, env)
+        rec = processes.spawn(name, argv, logs, env, die_with_parent=die_with_parent)
         state.processes.append(rec)
         state.save()  # recorded before waiting, so `down` from elsewhere can always clean up
         return rec
@@ -275,36 +324,51 @@ def start_cluster(directory: Path | None = None, *, nodes: int = 2,
     def mark(step: str) -> None:
         log.debug("%5.1f s  %s", time.monotonic() - started, step)
 
-    try:
+    files = [b.kuberay_crds / f"ray.io_{kind}.yaml" for kind in KUBERAY_KINDS]
+    files += crd_files(crd_dirs)
+    template = _etcd_template_dir(b, files)
+    ctx = _client_context(pki)
+
+    def start_storage() -> list[ProcessRecord]:
         etcd = spawn("etcd", _etcd_argv(b, directory / "etcd", etcd_client, etcd_peer))
         _wait("etcd /health", lambda: _http_ok(f"http://127.0.0.1:{etcd_client}/health",
                                                expect='"health":"true"'), timeout, [etcd])
+        mark("etcd ready")
         apiserver = spawn("kube-apiserver",
                           _apiserver_argv(b, pki, directory / "apiserver", etcd_client, api))
-        ctx = _client_context(pki)
-        mark("etcd ready")
         _wait("kube-apiserver /readyz", lambda: _http_ok(f"{state.server}/readyz", ctx), timeout,
               [etcd, apiserver])
         mark("kube-apiserver ready")
+        return [etcd, apiserver]
+
+    try:
         kubeconfig.write_text(kubeconfig_yaml(state.server, pki))
         kubeconfig.chmod(0o600)
+        if template.is_dir():
+            shutil.copytree(template, directory / "etcd")
+            watch = start_storage()
+        else:
+            watch = start_storage()
+            if files:
+                cluster.kubectl("apply", "--server-side", "--force-conflicts",
+                                "--field-manager=kuberl-dev",
+                                *(a for f in files for a in ("-f", str(f))), timeout=timeout)
+            _wait("CRDs Established and served", lambda: _crds_served(cluster), timeout, watch)
+            mark(f"{len(files)} CRDs established (cold; saving an etcd template)")
+            for rec in reversed(watch):
+                processes.stop(rec)
+                state.processes.remove(rec)
+            _save_template(directory / "etcd", template)
+            watch = start_storage()
 
-        # The scheduler, kwok and the fake nodes do not care about CRDs: start them while CRDs install.
-        watch = [etcd, apiserver]
+        # The scheduler, kwok and the fake nodes do not care about CRDs: start them at once.
         watch.append(spawn("kube-scheduler", _scheduler_argv(b, kubeconfig, directory / "scheduler",
                                                              sched)))
         watch.append(spawn("kwok", _kwok_argv(b, kubeconfig)))
         if nodes:
             cluster.kubectl("create", "-f", "-", input=yaml.safe_dump_all(h100_nodes(nodes)))
-
-        files = [b.kuberay_crds / f"ray.io_{kind}.yaml" for kind in KUBERAY_KINDS]
-        files += crd_files(crd_dirs)
-        if files:
-            cluster.kubectl("apply", "--server-side", "--force-conflicts",
-                            "--field-manager=kuberl-dev",
-                            *(a for f in files for a in ("-f", str(f))), timeout=timeout)
-        _wait("CRDs Established", lambda: _all_established(cluster), timeout, watch)
-        mark(f"{len(files)} CRDs established")
+        _wait("CRDs Established and served", lambda: _crds_served(cluster), timeout, watch)
+        mark(f"{len(files)} CRDs served")
 
         # Only now the controller manager: its garbage collector sees every CRD type from the start.
         watch.append(spawn("kube-controller-manager", _controller_manager_argv(
@@ -330,7 +394,9 @@ def start_cluster(directory: Path | None = None, *, nodes: int = 2,
         stop_cluster(state)
         raise
     state.save()
-    log.info("cluster ready in %.1f s: KUBECONFIG=%s", time.monotonic() - started, kubeconfig)
+    log.info("cluster ready in %.1f s (components used %.1f CPU-seconds): KUBECONFIG=%s",
+             time.monotonic() - started, sum(processes.cpu_seconds(p) for p in state.processes),
+             kubeconfig)
     return cluster
 
 
@@ -348,13 +414,14 @@ def start_kuberay_operator(cluster: Cluster, binaries: Binaries | None = None, *
                            "kuberl.devcluster.KubeRayEmulator instead")
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=kuberl-dev",
                     "-f", str(b.kuberay_crds / "ray.io_rayservices.yaml"), timeout=timeout)
-    _wait("the RayService CRD Established", lambda: _all_established(cluster), timeout)
+    _wait("the RayService CRD Established", lambda: _crds_served(cluster), timeout)
     if cluster.get("namespace", namespace) is None:
         cluster.kubectl("create", "namespace", namespace)
     metrics, probe = processes.free_port(), processes.free_port()
     log_dir = (cluster.state.directory if cluster.state else cluster.kubeconfig.parent) / "logs"
     rec = processes.spawn("kuberay-operator", _kuberay_argv(operator, metrics, probe, namespace),
-                          log_dir, env={"KUBECONFIG": str(cluster.kubeconfig), "PATH": "/usr/bin:/bin"})
+                          log_dir, env={"KUBECONFIG": str(cluster.kubeconfig), "PATH": "/usr/bin:/bin"},
+                          die_with_parent=bool(cluster.state and cluster.state.die_with_parent))
     if cluster.state is not None:
         cluster.state.processes.append(rec)
         cluster.state.kuberay_operator = True

@@ -4,6 +4,7 @@ it forked, and a different process (``kuberl dev cluster down``) can stop it fro
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -46,13 +47,22 @@ def _start_ticks(pid: int) -> int | None:
     return int(fields[19])
 
 
-def spawn(name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None = None) -> ProcessRecord:
-    """Start ``argv`` in a new session with stdout and stderr appended to ``<log_dir>/<name>.log``."""
+def _die_with_parent() -> None:
+    """In the child before exec: have the kernel SIGKILL it when the spawning process dies, so a test run
+    killed by a timeout cannot leave an apiserver behind (PR_SET_PDEATHSIG = 1)."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+
+
+def spawn(name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None = None, *,
+          die_with_parent: bool = False) -> ProcessRecord:
+    """Start ``argv`` in a new session with stdout and stderr appended to ``<log_dir>/<name>.log``.
+    ``die_with_parent`` ties its life to this process (tests); without it, it outlives us (``up``)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     with log_path.open("ab") as log:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, env=env, close_fds=True)
+                                start_new_session=True, env=env, close_fds=True,
+                                preexec_fn=_die_with_parent if die_with_parent else None)
     ticks = _start_ticks(proc.pid)
     return ProcessRecord(name=name, pid=proc.pid, start_ticks=ticks or 0, log=str(log_path))
 
@@ -106,6 +116,16 @@ def stop(record: ProcessRecord, grace: float = 10.0) -> None:
                 return
             time.sleep(0.05)
     _reap(record.pid)
+
+
+def cpu_seconds(record: ProcessRecord) -> float:
+    """User + system CPU time the process has used so far (0 when gone): a load-independent cost figure."""
+    try:
+        stat = Path(f"/proc/{record.pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def log_tail(record: ProcessRecord, lines: int = 25) -> str:

@@ -54,3 +54,21 @@ def test_a_recycled_pid_is_not_mistaken_for_the_component() -> None:
     # would never signal an unrelated process that reuses a component's PID.
     foreign = ProcessRecord(name="ghost", pid=os.getpid(), start_ticks=1, log="")
     assert not is_running(foreign)
+
+
+def test_components_tied_to_a_killed_starter_die_with_it(tmp_path: Path) -> None:
+    # A starter process spawns a component with die_with_parent, prints its PID, then is SIGKILLed
+    # (as `timeout` kills a hung test run): the kernel must take the component down too.
+    code = ("import sys, time; from pathlib import Path; from kuberl.devcluster.processes import spawn; "
+            f"r = spawn('c', ['sleep', '300'], Path({str(tmp_path)!r}), die_with_parent=True); "
+            "print(r.pid, flush=True); time.sleep(300)")
+    starter = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert starter.stdout is not None
+    component = int(starter.stdout.readline())
+    assert _alive(component)
+    starter.kill()
+    starter.wait(timeout=10)
+    deadline = time.monotonic() + 5
+    while _alive(component) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(component), "the component outlived its killed starter"
