@@ -136,10 +136,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         operator.start()
         assert operator.proc is not None
-        idle_rss = psutil.Process(operator.proc.pid).memory_info().rss
+        process = psutil.Process(operator.proc.pid)
+        idle_rss = process.memory_info().rss
+        cpu_before = sum(process.cpu_times()[:2])
         rss = PeakRss(operator.proc.pid)
         figures = asyncio.run(burst(args.kubeconfig, namespace, args.jobs, args.timeout))
         time.sleep(2.0)  # status folds after the children exist also count towards the peak
+        figures["operator_cpu_seconds"] = round(sum(process.cpu_times()[:2]) - cpu_before, 2)
+        figures["machine_load_average_1m"] = round(os.getloadavg()[0], 2)
+        figures["machine_cpus"] = os.cpu_count()
         figures["operator_idle_rss_mb"] = round(idle_rss / 2**20, 1)
         figures["operator_peak_rss_mb"] = round(rss.stop() / 2**20, 1)
     finally:

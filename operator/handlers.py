@@ -101,8 +101,10 @@ async def reconcile(
                         await kube.post_event(body, "Normal", "RecreatingRayJob",
                                               "the RayJob is missing; recreating it", now)
             if apply:
-                for child in render_children(job, config.render_settings()).in_apply_order():
-                    rayjob = await kube.apply(child)  # the RayJob comes last
+                children = render_children(job, config.render_settings())
+                # All at once: the RayJob's pods come minutes later (KubeRay builds the Ray cluster
+                # first), and a pod that beats its ConfigMap or ServiceAccount is retried anyway.
+                *_, rayjob = await asyncio.gather(*(kube.apply(c) for c in children.in_apply_order()))
             await _write_status(kube, body, previous, fold_status(job, rayjob, now))
         except TransientApiError as exc:
             outcome.result = metrics.RETRY
@@ -178,6 +180,8 @@ async def rayjob_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -
     job_name = (meta.get("labels") or {}).get(labels.JOB_NAME)
     if not job_name:
         return
+    if type != "DELETED" and not body.get("status"):
+        return  # KubeRay has not reported yet: nothing to fold (the creating reconcile wrote status)
     job = await memo.kube.get_job(meta["namespace"], job_name)
     if job is None:
         return
