@@ -245,3 +245,35 @@ def test_rbac_service_account_and_service_can_be_turned_off(render, helm: str) -
     kinds = {o["kind"] for o in objects}
     assert not kinds & {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "ServiceAccount", "Service"}
     assert _deployment(objects)["spec"]["template"]["spec"]["serviceAccountName"] == "platform-operator"
+
+
+@pytest.fixture(scope="module")
+def monitoring_models() -> Path:
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("node/npm missing: the Prometheus Operator models are an npm package")
+    out = subprocess.run([str(REPO / "hack" / "fetch-monitoring-models.sh")], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def _validate_monitoring(models: Path, objects: list[dict]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["node", str(REPO / "tests" / "charts" / "validate_monitoring.mjs"), str(models)],
+                          input=json.dumps(objects), capture_output=True, text=True, timeout=60)
+
+
+def test_monitoring_objects_match_the_prometheus_operator_api(render, monitoring_models: Path) -> None:
+    """No cluster here has the monitoring.coreos.com CRDs; validate against the operator's generated schemas."""
+    objects = [o for o in render("feature") if o["apiVersion"] == "monitoring.coreos.com/v1"]
+    assert {o["kind"] for o in objects} == {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+    out = _validate_monitoring(monitoring_models, objects)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.count("ok ") == len(objects)
+
+
+def test_monitoring_validation_catches_a_bad_object(render, monitoring_models: Path) -> None:
+    [monitor] = [o for o in render("feature") if o["kind"] == "ServiceMonitor"]
+    broken = json.loads(json.dumps(monitor))
+    broken["spec"]["endpoints"][0]["interval"] = "30 seconds"
+    out = _validate_monitoring(monitoring_models, [broken])
+    assert out.returncode == 1 and "interval" in out.stdout
