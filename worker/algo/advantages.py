@@ -1,3 +1,4 @@
+# pyright: strict
 """Advantages from rewards: GRPO/GSPO group normalisation and the two REINFORCE++ variants.
 
 Everything here runs once per rollout on whole groups (before packing), so nothing depends on how the
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -81,10 +82,8 @@ def broadcast_to_tokens(seq_values: Tensor, response_lengths: Sequence[int]) -> 
         raise ValueError(
             f"{seq_values.numel()} sequence values for {len(response_lengths)} responses"
         )
-    return [
-        torch.full((n,), float(v))
-        for v, n in zip(seq_values.tolist(), response_lengths, strict=True)
-    ]
+    values = cast(list[float], seq_values.tolist())  # pyright: ignore[reportUnknownMemberType]
+    return [torch.full((n,), v) for v, n in zip(values, response_lengths, strict=True)]
 
 
 def masked_whiten(
@@ -108,7 +107,7 @@ def masked_whiten(
     if count >= 2:
         var = var * count / (count - 1)
     whitened = (flat - mean) * torch.rsqrt(var + eps)  # (sum R,)
-    return list(whitened.split([v.numel() for v in values]))
+    return list(torch.split(whitened, [v.numel() for v in values]))
 
 
 def discounted_returns(token_rewards: Tensor, gamma: float) -> Tensor:
@@ -117,7 +116,7 @@ def discounted_returns(token_rewards: Tensor, gamma: float) -> Tensor:
         return token_rewards.flip(0).cumsum(0).flip(0)
     out: list[float] = []
     running = 0.0
-    for r in reversed(token_rewards.tolist()):
+    for r in reversed(cast(list[float], token_rewards.tolist())):  # pyright: ignore[reportUnknownMemberType]
         running = r + gamma * running
         out.append(running)
     return torch.tensor(out[::-1], dtype=token_rewards.dtype)
@@ -137,8 +136,9 @@ def reinforce_plus_plus_returns(
     trained token; returns are their discounted sums (https://arxiv.org/abs/2501.03262). A sample with
     no trained token gets the KL part only (slime asserts; it carries no loss either way).
     """
-    out = []
-    for reward, kl_i, mask in zip(rewards.tolist(), kl, loss_masks, strict=True):
+    out: list[Tensor] = []
+    scalars = cast(list[float], rewards.tolist())  # pyright: ignore[reportUnknownMemberType]
+    for reward, kl_i, mask in zip(scalars, kl, loss_masks, strict=True):
         token_rewards = -kl_coef * kl_i.float() * mask.float()  # (R,)
         trained = mask.nonzero()
         if trained.numel():

@@ -1,3 +1,4 @@
+# pyright: strict
 """Per-token KL estimators between the current (or rollout) policy and the reference policy.
 
 The estimators are Schulman's k1/k2/k3 (http://joschu.net/blog/kl-approx.html) with the log-ratio

@@ -1,3 +1,4 @@
+# pyright: strict
 """The policy loss of one optimizer step, written so that packing can never change it.
 
 Every term is a weighted SUM over the response tokens of one micro-batch; the token weights come from a
@@ -16,13 +17,13 @@ averages). Metrics use the same weights, so they add up across micro-batches the
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import checkpoint  # pyright: ignore[reportUnknownVariableType]
 
 from kuberl.worker.algo.advantages import AdvantageEstimator
 from kuberl.worker.algo.kl import KlType, approx_kl, upcast
@@ -104,7 +105,7 @@ class LossNormalizer:
         if self.per_token:
             mask = torch.cat([m.to(dtype) for m in loss_masks])  # (N,)
             return mask / max(self.num_tokens, 1.0)
-        parts = []
+        parts: list[Tensor] = []
         for m in loss_masks:
             m = m.to(dtype)  # (R_i,)
             parts.append(m / (m.sum().clamp_min(1.0) * max(self.num_samples, 1)))
@@ -120,9 +121,9 @@ class LossOutput:
     """
 
     loss: Tensor  # () with grad
-    sums: dict[str, float] = field(default_factory=dict)
-    maxima: dict[str, float] = field(default_factory=dict)
-    minima: dict[str, float] = field(default_factory=dict)
+    sums: dict[str, float] = field(default_factory=dict[str, float])
+    maxima: dict[str, float] = field(default_factory=dict[str, float])
+    minima: dict[str, float] = field(default_factory=dict[str, float])
 
 
 def merge_metrics(outputs: Iterable[LossOutput]) -> dict[str, float]:
@@ -329,13 +330,13 @@ def _logprob_rows(logits: Tensor, targets: Tensor) -> Tensor:
     return logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
-def _chunked(fn: Any, chunk_size: int | None, *tensors: Tensor) -> Tensor:
+def _chunked(fn: Callable[..., Tensor], chunk_size: int | None, *tensors: Tensor) -> Tensor:
     """Apply ``fn`` row-chunk by row-chunk; under autograd each chunk is recomputed in backward, so
     only one chunk's (C, V) softmax is alive at a time. Results do not depend on ``chunk_size``."""
     n = tensors[0].shape[0]
     if not chunk_size or chunk_size >= n:
         return fn(*tensors)
-    parts = []
+    parts: list[Tensor] = []
     for start in range(0, n, chunk_size):
         piece = [t[start : start + chunk_size] for t in tensors]
         if torch.is_grad_enabled() and piece[0].requires_grad:

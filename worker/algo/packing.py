@@ -1,3 +1,4 @@
+# pyright: strict
 """Dynamic batch size: pack variable-length samples into micro-batches and spread them over DP ranks.
 
 "Pack first, distribute second", as slime's ``dp_schedule`` does, with two changes: first-fit
@@ -14,6 +15,7 @@ import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import count
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -252,7 +254,7 @@ def _assign_then_pack(lengths: Sequence[int], budget: int, dp_size: int) -> Step
         r = min(range(dp_size), key=lambda r: (load[r], r))
         shares[r].append(i)
         load[r] += lengths[i]
-    per_rank = []
+    per_rank: list[list[list[int]]] = []
     for share in shares:
         local = pack_micro_batches([lengths[i] for i in share], budget)
         per_rank.append([[share[j] for j in b] for b in local])
@@ -280,7 +282,7 @@ class PackedBatch:
 
     def unpack(self, values: Tensor) -> list[Tensor]:
         """Split per-token values (N, ...) back into the B sequences (L_i, ...), padding dropped."""
-        bounds = self.cu_seqlens.tolist()
+        bounds = cast(list[int], self.cu_seqlens.tolist())  # pyright: ignore[reportUnknownMemberType]
         return [values[bounds[i] : bounds[i + 1]] for i in range(self.num_sequences)]
 
     def response_index(self, prompt_lens: Sequence[int]) -> tuple[Tensor, Tensor]:
@@ -289,7 +291,7 @@ class PackedBatch:
         Token t is predicted by the logits at t-1, so sample i's response targets are
         start_i + P_i .. start_i + L_i - 1 and its logits sit one position earlier.
         """
-        bounds = self.cu_seqlens.tolist()
+        bounds = cast(list[int], self.cu_seqlens.tolist())  # pyright: ignore[reportUnknownMemberType]
         targets = [
             torch.arange(bounds[i] + p, bounds[i + 1])
             for i, p in zip(range(self.num_sequences), prompt_lens, strict=True)
