@@ -8,6 +8,8 @@ run the same number of micro-batches K (collectives line up), so all schedules a
     budget efficiency = real tokens / (dp x K x budget)      (1.0: every micro-batch slot is full)
     padded efficiency = real tokens / tokens run through the model (padding included)
     DP imbalance      = max / mean real tokens per rank       (1.0: no rank waits)
+    K_lb              = ceil(max(ceil(real / budget), #samples > budget/2) / dp): no packer can
+                        use fewer micro-batches per rank (two samples over half the budget never share)
 
 Baselines, measured in the same run:
     pad-max mbs=4   fixed micro-batches of 4 consecutive samples, right-padded to their longest
@@ -49,6 +51,7 @@ class Row:
     dp: int
     packer: str
     k: int  # micro-batches per rank (the max over ranks; others idle through the rest)
+    k_lower_bound: int  # no schedule can do with fewer micro-batches per rank
     budget_eff: float
     padded_eff: float
     imbalance: float
@@ -96,6 +99,11 @@ def round_robin(bins: list[list[int]], dp: int) -> Schedule:
     return [bins[r::dp] for r in range(dp)]
 
 
+def lower_bound(lengths: Sequence[int], budget: int, dp: int) -> int:
+    bins = max(math.ceil(sum(lengths) / budget), sum(n > budget / 2 for n in lengths))
+    return math.ceil(bins / dp)
+
+
 def score(
     name: str,
     median: int,
@@ -121,6 +129,7 @@ def score(
         dp=dp,
         packer=name,
         k=k,
+        k_lower_bound=lower_bound(lengths, budget, dp),
         budget_eff=real / (dp * k * budget),
         padded_eff=real / sum(run_tokens(mb) for mb in mbs),
         imbalance=max(rank_tokens) / (sum(rank_tokens) / dp),
@@ -184,14 +193,14 @@ def main() -> None:
         f"(cp {CP_SIZE} x {MAX_TOKENS_PER_GPU})"
     )
     header = (
-        f"{'median':>6} {'dp':>2} {'packer':<16} {'K/rank':>6} {'budget_eff':>10} "
+        f"{'median':>6} {'dp':>2} {'packer':<16} {'K/rank':>6} {'K_lb':>4} {'budget_eff':>10} "
         f"{'padded_eff':>10} {'dp_imbal':>8} {'max_mb_tok':>10} {'>budget':>7} {'ms':>6}"
     )
     print(header)
     print("-" * len(header))
     for r in rows:
         print(
-            f"{r.median:>6} {r.dp:>2} {r.packer:<16} {r.k:>6} {r.budget_eff:>10.3f} "
+            f"{r.median:>6} {r.dp:>2} {r.packer:<16} {r.k:>6} {r.k_lower_bound:>4} {r.budget_eff:>10.3f} "
             f"{r.padded_eff:>10.3f} {r.imbalance:>8.4f} {r.max_mb_tokens:>10} "
             f"{r.over_budget:>7} {r.plan_ms:>6.1f}"
         )
