@@ -3,14 +3,13 @@ and kwok (fake 8×H100 nodes), started from the binaries ``hack/cluster/build.sh
 
 Start order matters: the CRDs (KubeRay's and every YAML in ``crds/``) are installed before the controller
 manager starts, so its garbage collector knows those types at once instead of after a ~30 s discovery resync.
-All state (PKI, etcd data, logs, kubeconfig, ``state.json``) lives in one directory; ``stop_cluster`` reads
+After the first start with a given set of CRDs, etcd starts from a cached data directory that already holds
+them (``etcd_template``). All state (PKI, etcd data, logs, kubeconfig, ``state.json``) lives in one directory; ``stop_cluster`` reads
 ``state.json``, so any process can tear a cluster down.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import logging
 import shutil
@@ -27,14 +26,8 @@ from typing import Any
 
 import yaml
 
-from kuberl.devcluster import processes
-from kuberl.devcluster.binaries import (
-    BUILD_SCRIPT,
-    K8S_VERSION,
-    Binaries,
-    cache_root,
-    find_binaries,
-)
+from kuberl.devcluster import components, etcd_template, processes
+from kuberl.devcluster.binaries import BUILD_SCRIPT, Binaries, cache_root, find_binaries
 from kuberl.devcluster.nodes import h100_nodes
 from kuberl.devcluster.pki import Pki, kubeconfig_yaml, write_pki
 from kuberl.devcluster.processes import ProcessRecord
@@ -190,92 +183,6 @@ def _crds_served(cluster: Cluster) -> bool:
     return cluster.kubectl("get", names, "-A", "-o", "name", check=False, timeout=20).returncode == 0
 
 
-def _etcd_template_dir(b: Binaries, crd_paths: Sequence[Path]) -> Path:
-    """Where an etcd data directory with exactly these CRDs already stored is cached. Starting from a copy
-    skips installing and establishing ~2 MB of CRD schemas, the slowest step of a cold start."""
-    digest = hashlib.sha256(K8S_VERSION.encode())
-    digest.update((b.bin_dir / ".stamp-etcd").read_bytes() if (b.bin_dir / ".stamp-etcd").exists()
-                  else b"")
-    for path in crd_paths:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return b.bin_dir.parent / "etcd-templates" / digest.hexdigest()[:16]
-
-
-def _save_template(data_dir: Path, template: Path, keep: int = 3) -> None:
-    """Copy a cleanly stopped etcd data directory into the template cache (atomically; a concurrent
-    writer of the same template wins harmlessly) and keep only the ``keep`` newest templates."""
-    template.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=template.parent))
-    shutil.copytree(data_dir, staging / "etcd")
-    with contextlib.suppress(OSError):  # another session saved the same template first
-        (staging / "etcd").rename(template)
-    shutil.rmtree(staging, ignore_errors=True)
-    others = sorted((p for p in template.parent.iterdir() if not p.name.startswith(".")),
-                    key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in others[keep:]:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-# --- component command lines ------------------------------------------------------------------------------
-
-
-def _etcd_argv(b: Binaries, data: Path, client: int, peer: int) -> list[str]:
-    return [b.path("etcd"), "--name=default", f"--data-dir={data}",
-            f"--listen-client-urls=http://127.0.0.1:{client}",
-            f"--advertise-client-urls=http://127.0.0.1:{client}",
-            f"--listen-peer-urls=http://127.0.0.1:{peer}",
-            f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
-            f"--initial-cluster=default=http://127.0.0.1:{peer}",
-            "--unsafe-no-fsync=true",  # throwaway data: no fsync keeps writes fast on a shared disk
-            "--log-level=warn"]
-
-
-def _apiserver_argv(b: Binaries, pki: Pki, cert_dir: Path, etcd: int, port: int) -> list[str]:
-    return [b.path("kube-apiserver"), f"--etcd-servers=http://127.0.0.1:{etcd}",
-            f"--cert-dir={cert_dir}", f"--tls-cert-file={pki.serving_cert}",
-            f"--tls-private-key-file={pki.serving_key}", f"--client-ca-file={pki.ca_cert}",
-            f"--secure-port={port}", "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
-            "--service-cluster-ip-range=10.0.0.0/24", "--authorization-mode=RBAC",
-            "--allow-privileged=true", f"--service-account-issuer=https://127.0.0.1:{port}",
-            f"--service-account-key-file={pki.sa_public}",
-            f"--service-account-signing-key-file={pki.sa_private}",
-            # Pods may be created right after their namespace, before the default ServiceAccount exists.
-            "--disable-admission-plugins=ServiceAccount",
-            "--endpoint-reconciler-type=none", "--profiling=false", "--v=1"]
-
-
-def _controller_manager_argv(b: Binaries, pki: Pki, kubeconfig: Path, cert_dir: Path,
-                             port: int) -> list[str]:
-    return [b.path("kube-controller-manager"), f"--kubeconfig={kubeconfig}",
-            f"--authentication-kubeconfig={kubeconfig}", f"--authorization-kubeconfig={kubeconfig}",
-            "--leader-elect=false", f"--service-account-private-key-file={pki.sa_private}",
-            f"--root-ca-file={pki.ca_cert}", "--use-service-account-credentials=false",
-            f"--secure-port={port}", "--bind-address=127.0.0.1", f"--cert-dir={cert_dir}",
-            "--concurrent-gc-syncs=5", "--profiling=false", "--v=1"]
-
-
-def _scheduler_argv(b: Binaries, kubeconfig: Path, cert_dir: Path, port: int) -> list[str]:
-    return [b.path("kube-scheduler"), f"--kubeconfig={kubeconfig}",
-            f"--authentication-kubeconfig={kubeconfig}", f"--authorization-kubeconfig={kubeconfig}",
-            "--leader-elect=false", f"--secure-port={port}", "--bind-address=127.0.0.1",
-            f"--cert-dir={cert_dir}", "--profiling=false", "--v=1"]
-
-
-def _kwok_argv(b: Binaries, kubeconfig: Path) -> list[str]:
-    return [b.path("kwok"), f"--config={b.kwok_stages}", f"--kubeconfig={kubeconfig}",
-            "--manage-all-nodes=false",
-            "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-            "--manage-nodes-with-label-selector=",
-            "--disregard-status-with-annotation-selector=kwok.x-k8s.io/status=custom",
-            "--cidr=10.244.0.1/16", "--node-ip=10.96.0.1"]
-
-
-def _kuberay_argv(operator: Path, metrics: int, probe: int, namespace: str) -> list[str]:
-    return [str(operator), f"--metrics-addr=127.0.0.1:{metrics}",
-            f"--health-probe-bind-address=127.0.0.1:{probe}", "--enable-leader-election=false",
-            f"--watch-namespace={namespace}", "--log-stdout-encoder=console"]
-
-
 # --- start and stop ---------------------------------------------------------------------------------------
 
 
@@ -326,16 +233,16 @@ def start_cluster(directory: Path | None = None, *, nodes: int = 2,
 
     files = [b.kuberay_crds / f"ray.io_{kind}.yaml" for kind in KUBERAY_KINDS]
     files += crd_files(crd_dirs)
-    template = _etcd_template_dir(b, files)
+    template = etcd_template.template_dir(b, files)
     ctx = _client_context(pki)
 
     def start_storage() -> list[ProcessRecord]:
-        etcd = spawn("etcd", _etcd_argv(b, directory / "etcd", etcd_client, etcd_peer))
+        etcd = spawn("etcd", components.etcd_argv(b, directory / "etcd", etcd_client, etcd_peer))
         _wait("etcd /health", lambda: _http_ok(f"http://127.0.0.1:{etcd_client}/health",
                                                expect='"health":"true"'), timeout, [etcd])
         mark("etcd ready")
         apiserver = spawn("kube-apiserver",
-                          _apiserver_argv(b, pki, directory / "apiserver", etcd_client, api))
+                          components.apiserver_argv(b, pki, directory / "apiserver", etcd_client, api))
         _wait("kube-apiserver /readyz", lambda: _http_ok(f"{state.server}/readyz", ctx), timeout,
               [etcd, apiserver])
         mark("kube-apiserver ready")
@@ -358,20 +265,20 @@ def start_cluster(directory: Path | None = None, *, nodes: int = 2,
             for rec in reversed(watch):
                 processes.stop(rec)
                 state.processes.remove(rec)
-            _save_template(directory / "etcd", template)
+            etcd_template.save_template(directory / "etcd", template)
             watch = start_storage()
 
         # The scheduler, kwok and the fake nodes do not care about CRDs: start them at once.
-        watch.append(spawn("kube-scheduler", _scheduler_argv(b, kubeconfig, directory / "scheduler",
+        watch.append(spawn("kube-scheduler", components.scheduler_argv(b, kubeconfig, directory / "scheduler",
                                                              sched)))
-        watch.append(spawn("kwok", _kwok_argv(b, kubeconfig)))
+        watch.append(spawn("kwok", components.kwok_argv(b, kubeconfig)))
         if nodes:
             cluster.kubectl("create", "-f", "-", input=yaml.safe_dump_all(h100_nodes(nodes)))
         _wait("CRDs Established and served", lambda: _crds_served(cluster), timeout, watch)
         mark(f"{len(files)} CRDs served")
 
         # Only now the controller manager: its garbage collector sees every CRD type from the start.
-        watch.append(spawn("kube-controller-manager", _controller_manager_argv(
+        watch.append(spawn("kube-controller-manager", components.controller_manager_argv(
             b, pki, kubeconfig, directory / "controller-manager", kcm)))
 
         unverified = _unverified_context()
@@ -419,7 +326,7 @@ def start_kuberay_operator(cluster: Cluster, binaries: Binaries | None = None, *
         cluster.kubectl("create", "namespace", namespace)
     metrics, probe = processes.free_port(), processes.free_port()
     log_dir = (cluster.state.directory if cluster.state else cluster.kubeconfig.parent) / "logs"
-    rec = processes.spawn("kuberay-operator", _kuberay_argv(operator, metrics, probe, namespace),
+    rec = processes.spawn("kuberay-operator", components.kuberay_argv(operator, metrics, probe, namespace),
                           log_dir, env={"KUBECONFIG": str(cluster.kubeconfig), "PATH": "/usr/bin:/bin"},
                           die_with_parent=bool(cluster.state and cluster.state.die_with_parent))
     if cluster.state is not None:

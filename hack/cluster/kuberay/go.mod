@@ -1,4 +1,4 @@
-// Wrapper module that would build the KubeRay operator; see docs/local-control-plane.md for the outcome.
+// Wrapper module that builds the KubeRay operator (and carries its CRDs); see docs/local-control-plane.md.
 module kuberl.io/hack/cluster/kuberay
 
 go 1.26.0
