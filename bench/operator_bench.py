@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     namespace = f"bench-{uuid.uuid4().hex[:6]}"
     kc.run("create", "namespace", namespace)
     log = Path(f"/tmp/kuberl-operator-bench-{namespace}.log")
-    operator = OperatorProcess(args.kubeconfig, namespace, log, resync=30.0)
+    operator = OperatorProcess(args.kubeconfig, namespace, log, resync=30.0, bytecode=True)
     try:
         operator.start()
         assert operator.proc is not None

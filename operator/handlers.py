@@ -70,11 +70,18 @@ async def reconcile(
     With ``apply=False`` children are only re-applied when the RayJob is missing (deleted by someone
     else) and the job is not finished; ``rayjob`` passes a RayJob already in hand (from a watch event).
     """
+    if body["metadata"].get("deletionTimestamp"):
+        return
+    async with memo.inflight:  # bounds memory and apiserver load when hundreds of jobs arrive at once
+        await _reconcile(body, memo, rayjob=rayjob, apply=apply)
+
+
+async def _reconcile(
+    body: Mapping[str, Any], memo: Any, *, rayjob: dict[str, Any] | None, apply: bool
+) -> None:
     kube: Kube = memo.kube
     config: OperatorConfig = memo.config
     meta = body["metadata"]
-    if meta.get("deletionTimestamp"):
-        return
     now = datetime.now(UTC)
     with metrics.timed_reconcile() as outcome:
         try:
@@ -133,6 +140,7 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     memo.config = config
     memo.kube = await Kube.connect(config.kubeconfig)
     memo.phases = PhaseTracker()
+    memo.inflight = asyncio.Semaphore(config.max_concurrent_reconciles)
     metrics.serve(config.metrics_port, config.metrics_addr)
     memo.resync_task = asyncio.create_task(resync_loop(memo), name="kuberl-resync")
 

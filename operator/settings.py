@@ -23,6 +23,7 @@ class OperatorConfig:
     resync_seconds: float = 30.0  # how often every job's RayJob is re-read (level-triggered)
     kubeconfig: str | None = None  # None: in-cluster, else $KUBECONFIG / ~/.kube/config
     liveness_endpoint: str | None = None  # e.g. http://0.0.0.0:8081/healthz
+    max_concurrent_reconciles: int = 16
 
     @classmethod
     def from_env(cls) -> OperatorConfig:

@@ -128,13 +128,17 @@ def free_port() -> int:
 class OperatorProcess:
     """``python -m kuberl.operator`` for one namespace; restartable and killable mid-flight."""
 
-    def __init__(self, kubeconfig: str, namespace: str, log_path: Path, resync: float = 2.0) -> None:
+    def __init__(self, kubeconfig: str, namespace: str, log_path: Path, resync: float = 2.0,
+                 bytecode: bool = False) -> None:
         self.kubeconfig, self.namespace, self.log_path, self.resync = kubeconfig, namespace, log_path, resync
+        self.bytecode = bytecode  # allow .pyc files, as an installed image has them
         self.metrics_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         env = {**os.environ, "KUBECONFIG": self.kubeconfig}
+        if self.bytecode:
+            env.pop("PYTHONDONTWRITEBYTECODE", None)
         cmd = [sys.executable, "-m", "kuberl.operator", "--namespace", self.namespace,
                "--metrics-port", str(self.metrics_port), "--metrics-addr", "127.0.0.1",
                "--resync-seconds", str(self.resync), "--kubeconfig", self.kubeconfig,
