@@ -171,7 +171,7 @@ def sequence_log_ratio(log_ratio: Tensor, loss_mask: Tensor, lengths: Sequence[i
     """
     seg = torch.repeat_interleave(
         torch.arange(len(lengths), device=log_ratio.device),
-        torch.as_tensor(lengths, device=log_ratio.device),
+        torch.as_tensor(lengths, dtype=torch.long, device=log_ratio.device),
     )  # (N,)
     total = torch.zeros(len(lengths), dtype=log_ratio.dtype, device=log_ratio.device)
     count = torch.zeros_like(total)
@@ -264,7 +264,7 @@ def policy_loss_sum(
         minima["ratio_min"] = float(ratio.detach()[trained].min())
 
     if entropies is not None:
-        ent = torch.cat([upcast(e).to(device) for e in entropies])  # (N,)
+        ent = torch.cat([upcast(e).to(device) for e in entropies]) if entropies else lp  # (N,)
         entropy = wsum(ent)
         sums["entropy"] = float(entropy.detach())
         if config.entropy_coef:

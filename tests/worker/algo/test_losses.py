@@ -190,6 +190,25 @@ def test_empty_step_gives_zero_loss_and_finite_gradients() -> None:
         lp[0].grad = None
 
 
+def test_empty_micro_batch_contributes_nothing() -> None:
+    normalizer = LossNormalizer.from_masks(MASK, per_token=False)
+    cfg = replace(CFG, sequence_ratio=True, use_tis=True)
+    out = policy_loss_sum(
+        logprobs=[],
+        old_logprobs=[],
+        advantages=[],
+        loss_masks=[],
+        normalizer=normalizer,
+        config=cfg,
+        rollout_logprobs=[],
+        ref_logprobs=[],
+        entropies=[],
+    )
+    assert out.loss.item() == 0.0
+    assert all(v == 0.0 for v in out.sums.values())
+    assert not out.maxima and not out.minima
+
+
 def test_masked_minus_inf_logprobs_do_not_poison_gradients() -> None:
     lp = [t(math.log(1.0), float("-inf")).requires_grad_()]
     cfg = replace(CFG, use_kl_loss=True, kl_loss_coef=0.1, kl_loss_type="low_var_kl")
