@@ -41,7 +41,7 @@ def load_steps(path: Path) -> list[dict[str, float]]:
     return steps
 
 
-def replay(steps: Iterable[Mapping[str, float]], job: str, prom_targets_port: int | None = None,
+def replay(steps: Iterable[Mapping[str, float]], job: str, port: int = 0,
            pace_s: float = 1.0) -> tuple[LocalPrometheus, float, float]:
     """Feed ``steps`` into a real MetricsExporter, one per ``pace_s``, under a started LocalPrometheus.
 
@@ -50,7 +50,7 @@ def replay(steps: Iterable[Mapping[str, float]], job: str, prom_targets_port: in
     from kuberl.worker.metrics import MetricsExporter
 
     exporter = MetricsExporter(job)
-    port = exporter.serve(prom_targets_port or 0, addr="127.0.0.1")
+    port = exporter.serve(port, addr="127.0.0.1")
     prom = LocalPrometheus({"driver": f"127.0.0.1:{port}"}, interval="1s").start()
     start = time.time()
     last_id = -1.0

@@ -150,3 +150,15 @@ def test_snapshot_reads_a_driver_metrics_log(tmp_path) -> None:
     steps = snapshot.load_steps(log)
     assert [s["progress/rollout_id"] for s in steps] == [0.0, 1.0, 2.0]
     assert steps[2]["rollout/reward_mean"] == step_metrics(2)["rollout/reward_mean"]
+
+
+def test_snapshot_replay_serves_a_logged_run_to_prometheus() -> None:
+    from kuberl.monitoring import snapshot
+
+    steps = [step_metrics(i, 3) for i in range(3)]
+    prom, start, end = snapshot.replay(steps, "replayed", pace_s=0.3)
+    try:
+        [reward] = prom.query_range('kuberl_rollout_reward_mean{rltj="replayed"}', start, end, 0.5)
+        assert float(reward["values"][-1][1]) == pytest.approx(steps[-1]["rollout/reward_mean"])
+    finally:
+        prom.stop()
