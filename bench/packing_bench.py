@@ -8,15 +8,16 @@ run the same number of micro-batches K (collectives line up), so all schedules a
     budget efficiency = real tokens / (dp x K x budget)      (1.0: every micro-batch slot is full)
     padded efficiency = real tokens / tokens run through the model (padding included)
     DP imbalance      = max / mean real tokens per rank       (1.0: no rank waits)
-    K_lb              = ceil(max(ceil(real / budget), #samples > budget/2) / dp): no packer can
-                        use fewer micro-batches per rank (two samples over half the budget never share)
+    K_lb              = Martello-Toth lower bound on micro-batches, / dp: no packer can use fewer
 
 Baselines, measured in the same run:
     pad-max mbs=4   fixed micro-batches of 4 consecutive samples, right-padded to their longest
                     (what a padded HF forward does with dynamic batching off); round robin over ranks
     next-fit        naive in-order greedy: close a micro-batch when the next sample does not fit
     first-fit       first fit in sample order (slime's dynamic batching), round robin over ranks
-    kuberl          first-fit decreasing, halving to a multiple of dp, equal-count Karmarkar-Karp
+    kuberl FFD (rr) first-fit decreasing, halving to a multiple of dp, round robin over ranks
+    kuberl FFD+KK   balance_data: the better of FFD + equal-count Karmarkar-Karp over ranks and
+                    samples-to-ranks by LPT + FFD per rank
 
 Run: .venv/bin/python bench/packing_bench.py [--json]
 """
@@ -100,7 +101,18 @@ def round_robin(bins: list[list[int]], dp: int) -> Schedule:
 
 
 def lower_bound(lengths: Sequence[int], budget: int, dp: int) -> int:
-    bins = max(math.ceil(sum(lengths) / budget), sum(n > budget / 2 for n in lengths))
+    """Martello-Toth L2 bound on the number of micro-batches, spread over dp ranks.
+
+    For each threshold k: samples over budget - k each need a micro-batch of their own, as do those
+    over budget / 2; samples in [k, budget / 2] can only fill what the latter leave free.
+    """
+    bins = math.ceil(sum(lengths) / budget)
+    for k in sorted({0, *(n for n in lengths if n <= budget // 2)}):
+        alone = [n for n in lengths if n > budget - k]
+        halves = [n for n in lengths if budget - k >= n > budget / 2]
+        small = sum(n for n in lengths if budget / 2 >= n >= k)
+        free = len(halves) * budget - sum(halves)
+        bins = max(bins, len(alone) + len(halves) + max(0, math.ceil((small - free) / budget)))
     return math.ceil(bins / dp)
 
 
