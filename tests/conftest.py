@@ -1,9 +1,11 @@
 """Project-wide fixtures. ``kube_cluster`` is one real local control plane per test session (etcd,
-kube-apiserver, controller manager, scheduler, kwok with fake H100 nodes; see docs/local-control-plane.md).
+kube-apiserver, controller manager, scheduler, kwok with fake H100 nodes; see
+docs/local-control-plane.md).
 
-- ``KUBERL_TEST_KUBECONFIG=<path>`` reuses a running cluster instead (e.g. from ``kuberl dev cluster up``).
-- Missing binaries make every test marked ``cluster`` FAIL with the command that builds them, unless
-  ``KUBERL_SKIP_CLUSTER=1``, which skips them instead.
+- ``KUBERL_TEST_KUBECONFIG=<path>`` reuses a running cluster instead (e.g. from ``kuberl dev
+  cluster up``).
+- Missing binaries make every test marked ``cluster`` FAIL with the command that builds them,
+  unless ``KUBERL_SKIP_CLUSTER=1``, which skips them instead.
 """
 
 from __future__ import annotations
@@ -43,8 +45,9 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 @pytest.fixture(scope="session")
 def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """The session's real control plane; ``.kubeconfig``, ``.env``, ``.kubectl(...)``, ``.apply(...)``,
-    ``.get(...)``. Its logs stay in pytest's temporary directory for post-mortems."""
+    """The session's real control plane; ``.kubeconfig``, ``.env``, ``.kubectl(...)``,
+    ``.apply(...)``, ``.get(...)``. Its logs stay in pytest's temporary directory for
+    post-mortems."""
     given = os.environ.get("KUBERL_TEST_KUBECONFIG")
     if given:
         yield attach(Path(given))
@@ -54,7 +57,7 @@ def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     problem = _cluster_unavailable()
     if problem:
         pytest.fail(problem, pytrace=False)
-    # die_with_parent: a session killed by a timeout must not leave an apiserver on the shared machine.
+    # die_with_parent: a session killed by a timeout must leave no apiserver on the shared machine.
     cluster = start_cluster(tmp_path_factory.mktemp("kube-cluster"), nodes=CLUSTER_NODES,
                             remove_on_stop=False, die_with_parent=True)
     try:

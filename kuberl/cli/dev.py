@@ -1,5 +1,6 @@
-"""``kuberl dev cluster up|down|env|status|build``: a real local control plane (etcd, kube-apiserver,
-controller manager, scheduler, kwok with fake H100 nodes) for trying the operator without a cloud cluster."""
+"""``kuberl dev cluster up|down|env|status|build``: a real local control plane (etcd,
+kube-apiserver, controller manager, scheduler, kwok with fake H100 nodes) for trying the operator
+without a cloud cluster."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from kuberl.errors import ClusterError
 
 
 def default_dir() -> Path:
-    """Where ``up`` keeps the cluster (and ``down``/``env`` look for it): ``KUBERL_DEVCLUSTER_DIR`` or a
-    per-user folder under the temporary directory."""
+    """Where ``up`` keeps the cluster (and ``down``/``env`` look for it): ``KUBERL_DEVCLUSTER_DIR``
+    or a per-user folder under the temporary directory."""
     return Path(os.environ.get("KUBERL_DEVCLUSTER_DIR") or f"/tmp/kuberl-devcluster-{os.getuid()}")
 
 
@@ -41,7 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     status = actions.add_parser("status", help="list the components and whether they run")
     status.set_defaults(func=run_status)
 
-    build = actions.add_parser("build", help="build or reuse the pinned binaries (hack/cluster/build.sh)")
+    build = actions.add_parser("build",
+                               help="build or reuse the pinned binaries (hack/cluster/build.sh)")
     build.set_defaults(func=run_build)
 
     for parser in (up, down, env, status):
@@ -85,7 +87,8 @@ def run_status(args: argparse.Namespace) -> int:
     state = ClusterState.load(args.dir or default_dir())
     print(f"server {state.server}  kubeconfig {state.kubeconfig}")
     for rec in state.processes:
-        print(f"{rec.name:<24} pid {rec.pid:<8} {'running' if is_running(rec) else 'STOPPED'}  {rec.log}")
+        running = "running" if is_running(rec) else "STOPPED"
+        print(f"{rec.name:<24} pid {rec.pid:<8} {running}  {rec.log}")
     return 0 if all(is_running(r) for r in state.processes) else 1
 
 
@@ -93,5 +96,6 @@ def run_build(args: argparse.Namespace) -> int:
     from kuberl.devcluster.binaries import BUILD_SCRIPT
 
     if not BUILD_SCRIPT.exists():
-        raise ClusterError(f"{BUILD_SCRIPT} not found: `kuberl dev cluster build` needs a source checkout")
+        raise ClusterError(f"{BUILD_SCRIPT} not found: `kuberl dev cluster build` needs a source "
+                           "checkout")
     return subprocess.run(["bash", str(BUILD_SCRIPT)], check=False).returncode

@@ -1,4 +1,5 @@
-"""Where ``hack/cluster/build.sh`` caches the control-plane binaries, and a check that they are all there."""
+"""Where ``hack/cluster/build.sh`` caches the control-plane binaries, and a check that they are all
+there."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pathlib import Path
 from kuberl.errors import ClusterError
 
 K8S_VERSION = "v1.36.3"  # keep in step with hack/cluster/build.sh and hack/cluster/kube/go.mod
-REQUIRED = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kubectl")
+REQUIRED = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok",
+            "kubectl")
 BUILD_SCRIPT = Path(__file__).resolve().parents[2] / "hack" / "cluster" / "build.sh"
 
 
@@ -21,7 +23,8 @@ def cache_root() -> Path:
 
 @dataclass(frozen=True)
 class Binaries:
-    """Absolute paths of every executable a local cluster runs, the KubeRay CRD folder and kwok's stages."""
+    """Absolute paths of every executable a local cluster runs, the KubeRay CRD folder and kwok's
+    stages."""
 
     bin_dir: Path
     kuberay_crds: Path
@@ -38,8 +41,8 @@ class Binaries:
 
 
 def find_binaries(bin_dir: Path | None = None) -> Binaries:
-    """Locate the binaries (``KUBERL_CLUSTER_BIN`` overrides the cache); raise ClusterError naming what is
-    missing and how to build it."""
+    """Locate the binaries (``KUBERL_CLUSTER_BIN`` overrides the cache); raise ClusterError naming
+    what is missing and how to build it."""
     root = cache_root()
     bin_dir = bin_dir or Path(os.environ.get("KUBERL_CLUSTER_BIN") or root / "bin")
     missing = [name for name in REQUIRED if not os.access(bin_dir / name, os.X_OK)]

@@ -1,11 +1,13 @@
-"""A real Kubernetes control plane on loopback: etcd, kube-apiserver, kube-controller-manager, kube-scheduler
-and kwok (fake 8×H100 nodes), started from the binaries ``hack/cluster/build.sh`` caches.
+"""A real Kubernetes control plane on loopback: etcd, kube-apiserver, kube-controller-manager,
+kube-scheduler and kwok (fake 8×H100 nodes), started from the binaries ``hack/cluster/build.sh``
+caches.
 
-Start order matters: the CRDs (KubeRay's and every YAML in ``crds/``) are installed before the controller
-manager starts, so its garbage collector knows those types at once instead of after a ~30 s discovery resync.
-After the first start with a given set of CRDs, etcd starts from a cached data directory that already holds
-them (``etcd_template``). All state (PKI, etcd data, logs, kubeconfig, ``state.json``) lives in one directory; ``stop_cluster`` reads
-``state.json``, so any process can tear a cluster down.
+Start order matters: the CRDs (KubeRay's and every YAML in ``crds/``) are installed before the
+controller manager starts, so its garbage collector knows those types at once instead of after a
+~30 s discovery resync. After the first start with a given set of CRDs, etcd starts from a cached
+data directory that already holds them (``etcd_template``). All state (PKI, etcd data, logs,
+kubeconfig, ``state.json``) lives in one directory; ``stop_cluster`` reads ``state.json``, so any
+process can tear a cluster down.
 """
 
 from __future__ import annotations
@@ -37,15 +39,16 @@ log = logging.getLogger(__name__)
 
 REPO_CRDS = Path(__file__).resolve().parents[2] / "crds"
 STATE_FILE = "state.json"
-KUBERAY_KINDS = ("rayclusters", "rayjobs")  # RayService (another 1 MB of schema) is not used by kuberl
-KUBERAY_NAMESPACE = "kuberay-system"  # the only namespace a real KubeRay operator watches, if one runs
+KUBERAY_KINDS = ("rayclusters", "rayjobs")  # RayService (1 MB more schema) is unused by kuberl
+KUBERAY_NAMESPACE = "kuberay-system"  # the only namespace a real KubeRay operator watches
 _STOP_ORDER = ("kuberay-operator", "kwok", "kube-scheduler", "kube-controller-manager",
                "kube-apiserver", "etcd")
 
 
 @dataclass
 class ClusterState:
-    """Everything needed to use or stop a running cluster; persisted as ``<directory>/state.json``."""
+    """Everything needed to use or stop a running cluster; persisted as ``<directory>/state.json``.
+    """
 
     directory: Path
     kubeconfig: Path
@@ -85,19 +88,22 @@ class ClusterState:
 class Cluster:
     """A handle on a running (or externally given) cluster: kubeconfig plus kubectl helpers."""
 
-    def __init__(self, kubeconfig: Path, kubectl_binary: str, state: ClusterState | None = None) -> None:
+    def __init__(self, kubeconfig: Path, kubectl_binary: str,
+                 state: ClusterState | None = None) -> None:
         self.kubeconfig = kubeconfig
         self.kubectl_binary = kubectl_binary
         self.state = state
 
     @property
     def env(self) -> dict[str, str]:
-        """Environment variables that point clients (kubectl, kopf, kubernetes-asyncio) at this cluster."""
+        """Environment variables that point clients (kubectl, kopf, kubernetes-asyncio) at this
+        cluster."""
         return {"KUBECONFIG": str(self.kubeconfig)}
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True,
                 timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        """Run kubectl against this cluster; with ``check`` a failure raises ClusterError with stderr."""
+        """Run kubectl against this cluster; with ``check`` a failure raises ClusterError with
+        stderr."""
         cmd = [self.kubectl_binary, "--kubeconfig", str(self.kubeconfig), *args]
         proc = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout)
         if check and proc.returncode != 0:
@@ -108,8 +114,8 @@ class Cluster:
               check: bool = True) -> subprocess.CompletedProcess[str]:
         """Server-side apply of one manifest or a list of them (field manager ``kuberl-dev``)."""
         items = [docs] if isinstance(docs, dict) else list(docs)
-        return self.kubectl("apply", "--server-side", "--field-manager=kuberl-dev", "-f", "-", *args,
-                            input=yaml.safe_dump_all(items), check=check)
+        return self.kubectl("apply", "--server-side", "--field-manager=kuberl-dev", "-f", "-",
+                            *args, input=yaml.safe_dump_all(items), check=check)
 
     def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
         """The object as a dict, or None when it does not exist."""
@@ -122,7 +128,7 @@ class Cluster:
         return json.loads(proc.stdout)
 
 
-# --- readiness probes -------------------------------------------------------------------------------------
+# --- readiness probes ---------------------------------------------------------------------------
 
 
 def _wait(what: str, probe: Callable[[], bool], timeout: float,
@@ -140,7 +146,8 @@ def _wait(what: str, probe: Callable[[], bool], timeout: float,
         except (OSError, subprocess.SubprocessError, ValueError):
             pass
         time.sleep(0.1)
-    tails = "\n".join(f"--- {rec.name} ({rec.log}):\n{processes.log_tail(rec, 10)}" for rec in watch)
+    tails = "\n".join(f"--- {rec.name} ({rec.log}):\n{processes.log_tail(rec, 10)}"
+                      for rec in watch)
     raise ClusterError(f"timed out after {timeout:.0f} s waiting for {what}\n{tails}")
 
 
@@ -160,7 +167,8 @@ def _client_context(pki: Pki) -> ssl.SSLContext:
 
 
 def _unverified_context() -> ssl.SSLContext:
-    """For the self-signed health endpoints of the controller manager and scheduler (loopback only)."""
+    """For the self-signed health endpoints of the controller manager and scheduler (loopback only).
+    """
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
@@ -180,10 +188,11 @@ def _crds_served(cluster: Cluster) -> bool:
     if not pairs or any(len(p) != 2 or p[1] != "True" for p in pairs):
         return not pairs
     names = ",".join(p[0] for p in pairs)
-    return cluster.kubectl("get", names, "-A", "-o", "name", check=False, timeout=20).returncode == 0
+    listed = cluster.kubectl("get", names, "-A", "-o", "name", check=False, timeout=20)
+    return listed.returncode == 0
 
 
-# --- start and stop ---------------------------------------------------------------------------------------
+# --- start and stop -----------------------------------------------------------------------------
 
 
 def crd_files(extra_dirs: Sequence[Path] = (REPO_CRDS,)) -> list[Path]:
@@ -195,12 +204,14 @@ def start_cluster(directory: Path | None = None, *, nodes: int = 2,
                   crd_dirs: Sequence[Path] = (REPO_CRDS,), kuberay_operator: bool = False,
                   timeout: float = 90.0, binaries: Binaries | None = None,
                   remove_on_stop: bool | None = None, die_with_parent: bool = False) -> Cluster:
-    """Start a cluster and return its handle once every component is ready and ``nodes`` fake H100 nodes
-    are Ready. On any failure everything already started is stopped before ClusterError is raised.
+    """Start a cluster and return its handle once every component is ready and ``nodes`` fake H100
+    nodes are Ready. On any failure everything already started is stopped before ClusterError is
+    raised.
 
-    Without ``directory`` a temporary one is made and removed on stop (``remove_on_stop`` overrides).
-    ``die_with_parent`` (for test sessions) makes the kernel kill every component if this process dies
-    without stopping them; ``kuberl dev cluster up`` leaves it off so the cluster outlives the command."""
+    Without ``directory`` a temporary one is made and removed on stop (``remove_on_stop``
+    overrides). ``die_with_parent`` (for test sessions) makes the kernel kill every component if
+    this process dies without stopping them; ``kuberl dev cluster up`` leaves it off so the
+    cluster outlives the command."""
     b = binaries or find_binaries()
     owns = directory is None if remove_on_stop is None else remove_on_stop
     directory = Path(tempfile.mkdtemp(prefix="kuberl-cluster-")) if directory is None else directory
@@ -242,7 +253,8 @@ def start_cluster(directory: Path | None = None, *, nodes: int = 2,
                                                expect='"health":"true"'), timeout, [etcd])
         mark("etcd ready")
         apiserver = spawn("kube-apiserver",
-                          components.apiserver_argv(b, pki, directory / "apiserver", etcd_client, api))
+                          components.apiserver_argv(b, pki, directory / "apiserver",
+                                                    etcd_client, api))
         _wait("kube-apiserver /readyz", lambda: _http_ok(f"{state.server}/readyz", ctx), timeout,
               [etcd, apiserver])
         mark("kube-apiserver ready")
@@ -269,8 +281,8 @@ def start_cluster(directory: Path | None = None, *, nodes: int = 2,
             watch = start_storage()
 
         # The scheduler, kwok and the fake nodes do not care about CRDs: start them at once.
-        watch.append(spawn("kube-scheduler", components.scheduler_argv(b, kubeconfig, directory / "scheduler",
-                                                             sched)))
+        watch.append(spawn("kube-scheduler", components.scheduler_argv(
+            b, kubeconfig, directory / "scheduler", sched)))
         watch.append(spawn("kwok", components.kwok_argv(b, kubeconfig)))
         if nodes:
             cluster.kubectl("create", "-f", "-", input=yaml.safe_dump_all(h100_nodes(nodes)))
@@ -294,7 +306,8 @@ def start_cluster(directory: Path | None = None, *, nodes: int = 2,
             mark("nodes Ready")
         # The default ServiceAccount proves the controller manager's controllers are syncing.
         _wait("the default ServiceAccount (controller manager syncing)",
-              lambda: cluster.get("serviceaccount", "default", "default") is not None, timeout, watch)
+              lambda: cluster.get("serviceaccount", "default", "default") is not None, timeout,
+              watch)
         if kuberay_operator:
             start_kuberay_operator(cluster, b, timeout=timeout)
     except BaseException:
@@ -308,17 +321,18 @@ def start_cluster(directory: Path | None = None, *, nodes: int = 2,
 
 
 def start_kuberay_operator(cluster: Cluster, binaries: Binaries | None = None, *,
-                           namespace: str = KUBERAY_NAMESPACE, timeout: float = 60.0) -> ProcessRecord:
-    """Run the real KubeRay operator (v1.5.0), watching only ``namespace`` so it never fights tests that
-    play KubeRay by patching RayJob status elsewhere. It also needs the RayService CRD. When the cluster was
-    started here, the process joins its state (``stop_cluster`` stops it); otherwise the caller stops it
-    with ``processes.stop``."""
+                           namespace: str = KUBERAY_NAMESPACE,
+                           timeout: float = 60.0) -> ProcessRecord:
+    """Run the real KubeRay operator (v1.5.0), watching only ``namespace`` so it never fights tests
+    that play KubeRay by patching RayJob status elsewhere. It also needs the RayService CRD. When
+    the cluster was started here, the process joins its state (``stop_cluster`` stops it);
+    otherwise the caller stops it with ``processes.stop``."""
     b = binaries or find_binaries()
     operator = b.kuberay_operator
     if operator is None:
-        raise ClusterError("the KubeRay operator binary was not built (hack/cluster/build.sh logs it in "
-                           f"{b.bin_dir.parent / 'logs' / 'kuberay.log'}); tests can use "
-                           "kuberl.devcluster.KubeRayEmulator instead")
+        build_log = b.bin_dir.parent / "logs" / "kuberay.log"
+        raise ClusterError(f"the KubeRay operator binary was not built (see {build_log}); "
+                           "tests can use kuberl.devcluster.KubeRayEmulator instead")
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=kuberl-dev",
                     "-f", str(b.kuberay_crds / "ray.io_rayservices.yaml"), timeout=timeout)
     _wait("the RayService CRD Established", lambda: _crds_served(cluster), timeout)
@@ -326,8 +340,9 @@ def start_kuberay_operator(cluster: Cluster, binaries: Binaries | None = None, *
         cluster.kubectl("create", "namespace", namespace)
     metrics, probe = processes.free_port(), processes.free_port()
     log_dir = (cluster.state.directory if cluster.state else cluster.kubeconfig.parent) / "logs"
-    rec = processes.spawn("kuberay-operator", components.kuberay_argv(operator, metrics, probe, namespace),
-                          log_dir, env={"KUBECONFIG": str(cluster.kubeconfig), "PATH": "/usr/bin:/bin"},
+    argv = components.kuberay_argv(operator, metrics, probe, namespace)
+    env = {"KUBECONFIG": str(cluster.kubeconfig), "PATH": "/usr/bin:/bin"}
+    rec = processes.spawn("kuberay-operator", argv, log_dir, env=env,
                           die_with_parent=bool(cluster.state and cluster.state.die_with_parent))
     if cluster.state is not None:
         cluster.state.processes.append(rec)
@@ -343,8 +358,8 @@ def start_kuberay_operator(cluster: Cluster, binaries: Binaries | None = None, *
 
 
 def stop_cluster(state: ClusterState | Path, *, remove: bool | None = None) -> None:
-    """Stop every component (by process group, newest first) and remove the directory when the cluster
-    created it (``remove`` overrides). Accepts the state or the cluster directory."""
+    """Stop every component (by process group, newest first) and remove the directory when the
+    cluster created it (``remove`` overrides). Accepts the state or the cluster directory."""
     if isinstance(state, Path):
         state = ClusterState.load(state)
     order = {name: i for i, name in enumerate(_STOP_ORDER)}
@@ -360,7 +375,8 @@ def stop_cluster(state: ClusterState | Path, *, remove: bool | None = None) -> N
 
 
 def attach(kubeconfig: Path, binaries: Binaries | None = None) -> Cluster:
-    """A handle on a cluster someone else runs (e.g. ``KUBERL_TEST_KUBECONFIG``); stopping it is theirs."""
+    """A handle on a cluster someone else runs (e.g. ``KUBERL_TEST_KUBECONFIG``); stopping it is
+    theirs."""
     if not kubeconfig.is_file():
         raise ClusterError(f"kubeconfig {kubeconfig} does not exist")
     if binaries is not None:

@@ -1,6 +1,8 @@
-"""Command lines of the control-plane components: pure functions of binaries, certificates, paths and ports.
+"""Command lines of the control-plane components: pure functions of binaries, certificates, paths
+and ports.
 
-Flags follow controller-runtime's envtest defaults (see kubernetes-notes.md section 12), bound to loopback.
+Flags follow controller-runtime's envtest defaults (see kubernetes-notes.md section 12), bound to
+loopback.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ def apiserver_argv(b: Binaries, pki: Pki, cert_dir: Path, etcd: int, port: int) 
             "--allow-privileged=true", f"--service-account-issuer=https://127.0.0.1:{port}",
             f"--service-account-key-file={pki.sa_public}",
             f"--service-account-signing-key-file={pki.sa_private}",
-            # Pods may be created right after their namespace, before the default ServiceAccount exists.
+            # Pods may be created right after their namespace, before its default ServiceAccount.
             "--disable-admission-plugins=ServiceAccount",
             "--endpoint-reconciler-type=none", "--profiling=false", "--v=1"]
 

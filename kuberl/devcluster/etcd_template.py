@@ -1,7 +1,8 @@
 """A cache of etcd data directories with the CRDs already stored, keyed by the CRD files' content.
 
-Installing and establishing ~2 MB of CRD schemas is the slowest step of a start; a copy of a data directory
-where that already happened skips it. A changed CRD file simply yields a new key (and a new template).
+Installing and establishing ~2 MB of CRD schemas is the slowest step of a start; a copy of a data
+directory where that already happened skips it. A changed CRD file simply yields a new key (and a
+new template).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from kuberl.devcluster.binaries import K8S_VERSION, Binaries
 
 
 def template_dir(b: Binaries, crd_paths: Sequence[Path]) -> Path:
-    """Where an etcd data directory with exactly these CRDs already stored is cached. Starting from a copy
-    skips installing and establishing ~2 MB of CRD schemas, the slowest step of a cold start."""
+    """Where an etcd data directory with exactly these CRDs already stored is cached. Starting from
+    a copy skips installing and establishing ~2 MB of CRD schemas, the slowest step of a cold
+    start."""
     digest = hashlib.sha256(K8S_VERSION.encode())
     digest.update((b.bin_dir / ".stamp-etcd").read_bytes() if (b.bin_dir / ".stamp-etcd").exists()
                   else b"")

@@ -1,10 +1,11 @@
-"""Plays the KubeRay operator's part against the local control plane: for a RayJob it creates the RayCluster
-and its pods (names, labels and owner references as KubeRay v1.5 makes them) and writes RayJob and RayCluster
-status through the status subresource, step by step as KubeRay would.
+"""Plays the KubeRay operator's part against the local control plane: for a RayJob it creates the
+RayCluster and its pods (names, labels and owner references as KubeRay v1.5 makes them) and
+writes RayJob and RayCluster status through the status subresource, step by step as KubeRay
+would.
 
-Why: Ray never runs on kwok's fake nodes, so even a real KubeRay operator never moves a RayJob past
-``Initializing``. With this, operator tests drive every RayJob state deterministically while the real apiserver,
-garbage collector, scheduler and kwok handle the objects.
+Why: Ray never runs on kwok's fake nodes, so even a real KubeRay operator never moves a RayJob
+past ``Initializing``. With this, operator tests drive every RayJob state deterministically while
+the real apiserver, garbage collector, scheduler and kwok handle the objects.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def _owner_ref(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def pod_labels(cluster_name: str, group: str | None) -> dict[str, str]:
-    """The labels KubeRay puts on every Ray pod; ``group`` None means the head (group ``headgroup``)."""
+    """The labels KubeRay puts on every Ray pod; ``group`` None means the head (group
+    ``headgroup``)."""
     node_type = "head" if group is None else "worker"
     return {
         "ray.io/cluster": cluster_name,
@@ -54,8 +56,9 @@ def pod_labels(cluster_name: str, group: str | None) -> dict[str, str]:
 
 def ray_pod(cluster_name: str, namespace: str, template: dict[str, Any], group: str | None,
             owner: dict[str, Any]) -> dict[str, Any]:
-    """A pod from a group's template, named ``<cluster>-head-xxxxx`` or ``<cluster>-<group>-worker-xxxxx``;
-    the fake-node tolerations are added so kwok's nodes accept it."""
+    """A pod from a group's template, named ``<cluster>-head-xxxxx`` or
+    ``<cluster>-<group>-worker-xxxxx``; the fake-node tolerations are added so kwok's nodes
+    accept it."""
     spec = copy.deepcopy(template.get("spec", {}))
     tolerations = spec.setdefault("tolerations", [])
     tolerations.extend(t for t in FAKE_NODE_TOLERATIONS if t not in tolerations)
@@ -103,15 +106,16 @@ class KubeRayEmulator:
 
     def provision(self, namespace: str, name: str, *, wait_running: bool = True,
                   timeout: float = 60.0) -> str:
-        """Initializing: create the RayCluster and its pods; with ``wait_running``, wait until kwok reports
-        every pod Running and mark the cluster ready. Returns the RayCluster's name."""
+        """Initializing: create the RayCluster and its pods; with ``wait_running``, wait until kwok
+        reports every pod Running and mark the cluster ready. Returns the RayCluster's name."""
         job = self._rayjob(namespace, name)
         status = job.get("status") or {}
         cluster_name = status.get("rayClusterName") or f"{name}-{_suffix()}"
         job_id = status.get("jobId") or f"{name}-{_suffix()}"
-        # Record the child's name before creating it, as KubeRay does, so a retry cannot duplicate it.
-        self.set_status(namespace, name, jobDeploymentStatus="Initializing", rayClusterName=cluster_name,
-                        jobId=job_id, startTime=status.get("startTime") or _now(),
+        # Record the child's name before creating it, as KubeRay does: a retry cannot duplicate it.
+        self.set_status(namespace, name, jobDeploymentStatus="Initializing",
+                        rayClusterName=cluster_name, jobId=job_id,
+                        startTime=status.get("startTime") or _now(),
                         dashboardURL=f"{cluster_name}-head-svc.{namespace}.svc.cluster.local:8265")
         spec = job["spec"]["rayClusterSpec"]
         raycluster = {
@@ -127,17 +131,18 @@ class KubeRayEmulator:
         raycluster = self.cluster.get("raycluster", cluster_name, namespace)
         assert raycluster is not None
 
-        pods = [ray_pod(cluster_name, namespace, spec["headGroupSpec"]["template"], None, raycluster)]
+        head = spec["headGroupSpec"]["template"]
+        pods = [ray_pod(cluster_name, namespace, head, None, raycluster)]
         desired_workers, desired_gpus = 0, _gpus(spec["headGroupSpec"]["template"])
         for group in spec.get("workerGroupSpecs", []):
             count = int(group.get("replicas", 1)) * int(group.get("numOfHosts", 1))
             desired_workers += count
             desired_gpus += count * _gpus(group["template"])
-            pods += [ray_pod(cluster_name, namespace, group["template"], group["groupName"], raycluster)
-                     for _ in range(count)]
+            pods += [ray_pod(cluster_name, namespace, group["template"], group["groupName"],
+                             raycluster) for _ in range(count)]
         existing = self.cluster.kubectl("get", "pods", "-n", namespace, "-l",
-                                        f"ray.io/cluster={cluster_name}", "-o", "name").stdout.split()
-        if not existing:
+                                        f"ray.io/cluster={cluster_name}", "-o", "name").stdout
+        if not existing.split():
             self.cluster.kubectl("create", "-f", "-",
                                  input="\n---\n".join(json.dumps(p) for p in pods))
         self._patch_status("raycluster", namespace, cluster_name, {
@@ -148,7 +153,8 @@ class KubeRayEmulator:
             self._cluster_ready(namespace, name, cluster_name, desired_workers, desired_gpus)
         return cluster_name
 
-    def wait_pods_running(self, namespace: str, cluster_name: str, count: int, timeout: float) -> None:
+    def wait_pods_running(self, namespace: str, cluster_name: str, count: int,
+                          timeout: float) -> None:
         deadline = time.monotonic() + timeout
         phases: list[str] = []
         while time.monotonic() < deadline:
@@ -159,7 +165,8 @@ class KubeRayEmulator:
             if len(phases) >= count and all(p == "Running" for p in phases):
                 return
             time.sleep(0.2)
-        raise ClusterError(f"RayCluster {namespace}/{cluster_name}: pods not Running after {timeout} s "
+        raise ClusterError(f"RayCluster {namespace}/{cluster_name}: pods not Running after "
+                           f"{timeout} s "
                            f"(phases {phases}); do the fake nodes have free nvidia.com/gpu?")
 
     def _cluster_ready(self, namespace: str, name: str, cluster_name: str, workers: int,
@@ -168,8 +175,8 @@ class KubeRayEmulator:
         conditions = [
             {"type": "HeadPodReady", "status": "True", "reason": "HeadPodRunningAndReady",
              "message": "", "lastTransitionTime": now},
-            {"type": "RayClusterProvisioned", "status": "True", "reason": "AllPodRunningAndReadyFirstTime",
-             "message": "", "lastTransitionTime": now},
+            {"type": "RayClusterProvisioned", "status": "True",
+             "reason": "AllPodRunningAndReadyFirstTime", "message": "", "lastTransitionTime": now},
         ]
         cluster_status = {"state": "ready", "readyWorkerReplicas": workers,
                           "availableWorkerReplicas": workers, "desiredWorkerReplicas": workers,
@@ -179,13 +186,15 @@ class KubeRayEmulator:
         self.set_status(namespace, name, rayClusterStatus=cluster_status)
 
     def start_job(self, namespace: str, name: str, job_status: str = "RUNNING") -> None:
-        """Running: the submitter has handed the entrypoint to Ray (``PENDING`` first, then ``RUNNING``)."""
+        """Running: the submitter has handed the entrypoint to Ray (``PENDING`` first, then
+        ``RUNNING``)."""
         self.set_status(namespace, name, jobDeploymentStatus="Running", jobStatus=job_status)
 
     def finish(self, namespace: str, name: str, job_status: str = "SUCCEEDED", message: str = "",
                *, delete_cluster: bool = False) -> None:
-        """Terminal: ``SUCCEEDED``/``STOPPED`` → Complete, ``FAILED`` → Failed with reason AppFailed.
-        ``delete_cluster`` mimics ``shutdownAfterJobFinishes`` (the RayCluster, and by GC its pods, go)."""
+        """Terminal: ``SUCCEEDED``/``STOPPED`` → Complete, ``FAILED`` → Failed with reason
+        AppFailed. ``delete_cluster`` mimics ``shutdownAfterJobFinishes`` (the RayCluster, and by
+        GC its pods, go)."""
         fields: dict[str, Any] = {"jobStatus": job_status, "endTime": _now(), "message": message}
         if job_status == "FAILED":
             fields |= {"jobDeploymentStatus": "Failed", "reason": "AppFailed"}

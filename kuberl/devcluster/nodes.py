@@ -1,5 +1,6 @@
-"""Fake 8×H100 nodes for kwok: plain ``v1.Node`` objects that kwok keeps Ready and whose bound pods it marks
-Running. The real kube-scheduler places pods on them, so GPU capacity and taints are enforced for real."""
+"""Fake 8×H100 nodes for kwok: plain ``v1.Node`` objects that kwok keeps Ready and whose bound pods
+it marks Running. The real kube-scheduler places pods on them, so GPU capacity and taints are
+enforced for real."""
 
 from __future__ import annotations
 

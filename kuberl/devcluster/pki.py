@@ -1,7 +1,8 @@
-"""Certificates and keys for a loopback control plane: one CA, the apiserver's serving certificate, an admin
-client certificate (group ``system:masters``) and the service-account signing key pair.
+"""Certificates and keys for a loopback control plane: one CA, the apiserver's serving certificate,
+an admin client certificate (group ``system:masters``) and the service-account signing key pair.
 
-Everything is generated fresh per cluster, so nothing secret outlives the cluster's temporary directory.
+Everything is generated fresh per cluster, so nothing secret outlives the cluster's temporary
+directory.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-_VALIDITY = dt.timedelta(days=7)  # a dev cluster lives for minutes; a week covers a long debugging session
+_VALIDITY = dt.timedelta(days=7)  # a dev cluster lives minutes; a week covers long debugging
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,8 @@ def write_pki(directory: Path, now: dt.datetime | None = None) -> Pki:
 
 
 def kubeconfig_yaml(server: str, pki: Pki, name: str = "kuberl-dev") -> str:
-    """A kubeconfig for the admin client certificate; file paths, not inlined data, so it stays readable."""
+    """A kubeconfig for the admin client certificate; file paths, not inlined data, so it stays
+    readable."""
     return (
         "apiVersion: v1\nkind: Config\n"
         f"clusters:\n- name: {name}\n  cluster:\n    server: {server}\n"

@@ -1,5 +1,6 @@
-"""Component processes: each runs in its own session (process group), so stopping it by PID also stops anything
-it forked, and a different process (``kuberl dev cluster down``) can stop it from a recorded PID."""
+"""Component processes: each runs in its own session (process group), so stopping it by PID also
+stops anything it forked, and a different process (``kuberl dev cluster down``) can stop it from
+a recorded PID."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class ProcessRecord:
-    """What identifies a running component across processes: its PID (= process group id) and the kernel's
-    start time for that PID, so a recycled PID is never mistaken for ours."""
+    """What identifies a running component across processes: its PID (= process group id) and the
+    kernel's start time for that PID, so a recycled PID is never mistaken for ours."""
 
     name: str
     pid: int
@@ -29,14 +30,16 @@ class ProcessRecord:
 
 
 def free_port() -> int:
-    """An unused loopback TCP port (the kernel picks it; the tiny reuse race is acceptable for a dev cluster)."""
+    """An unused loopback TCP port (the kernel picks it; the tiny reuse race is acceptable for a dev
+    cluster)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
 def _start_ticks(pid: int) -> int | None:
-    """Field 22 of /proc/<pid>/stat (start time in clock ticks), or None when the PID is gone or a zombie."""
+    """Field 22 of /proc/<pid>/stat (start time in clock ticks), or None when the PID is gone or a
+    zombie."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -48,19 +51,21 @@ def _start_ticks(pid: int) -> int | None:
 
 
 def _die_with_parent() -> None:
-    """In the child before exec: have the kernel SIGKILL it when the spawning process dies, so a test run
-    killed by a timeout cannot leave an apiserver behind (PR_SET_PDEATHSIG = 1)."""
+    """In the child before exec: have the kernel SIGKILL it when the spawning process dies, so a
+    test run killed by a timeout cannot leave an apiserver behind (PR_SET_PDEATHSIG = 1)."""
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
 
 
 def spawn(name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None = None, *,
           die_with_parent: bool = False) -> ProcessRecord:
     """Start ``argv`` in a new session with stdout and stderr appended to ``<log_dir>/<name>.log``.
-    ``die_with_parent`` ties its life to this process (tests); without it, it outlives us (``up``)."""
+    ``die_with_parent`` ties its life to this process (tests); without it, it outlives us
+    (``up``)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     with log_path.open("ab") as log:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT,
                                 start_new_session=True, env=env, close_fds=True,
                                 preexec_fn=_die_with_parent if die_with_parent else None)
     ticks = _start_ticks(proc.pid)
@@ -100,7 +105,8 @@ def _reap(pid: int) -> None:
 
 
 def stop(record: ProcessRecord, grace: float = 10.0) -> None:
-    """SIGTERM the component's whole process group, then SIGKILL what is left after ``grace`` seconds."""
+    """SIGTERM the component's whole process group, then SIGKILL what is left after ``grace``
+    seconds."""
     if not is_running(record) and not _group_alive(record.pid):
         _reap(record.pid)
         return
@@ -119,7 +125,8 @@ def stop(record: ProcessRecord, grace: float = 10.0) -> None:
 
 
 def cpu_seconds(record: ProcessRecord) -> float:
-    """User + system CPU time the process has used so far (0 when gone): a load-independent cost figure."""
+    """User + system CPU time the process has used so far (0 when gone): a load-independent cost
+    figure."""
     try:
         stat = Path(f"/proc/{record.pid}/stat").read_text()
     except OSError:

@@ -1,4 +1,5 @@
-"""The session control plane is the real thing: pinned versions, every component serving, fake H100 nodes."""
+"""The session control plane is the real thing: pinned versions, every component serving, fake H100
+nodes."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ def test_apiserver_reports_the_pinned_release_version(kube_cluster: Cluster) -> 
 
 
 def test_fake_h100_nodes_are_ready_with_eight_gpus_and_gpu_taint(kube_cluster: Cluster) -> None:
-    nodes = json.loads(kube_cluster.kubectl(
-        "get", "nodes", "-l", f"nvidia.com/gpu.product={GPU_PRODUCT}", "-o", "json").stdout)["items"]
+    listed = kube_cluster.kubectl("get", "nodes", "-l", f"nvidia.com/gpu.product={GPU_PRODUCT}",
+                                  "-o", "json")
+    nodes = json.loads(listed.stdout)["items"]
     assert nodes, "no fake H100 nodes"
     for node in nodes:
         ready = {c["type"]: c["status"] for c in node["status"]["conditions"]}["Ready"]

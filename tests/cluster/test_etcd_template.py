@@ -1,4 +1,5 @@
-"""The etcd template cache is keyed by CRD content, saved atomically, and pruned to the newest few."""
+"""The etcd template cache is keyed by CRD content, saved atomically, and pruned to the newest few.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from kuberl.devcluster.etcd_template import save_template, template_dir
 def _binaries(root: Path) -> Binaries:
     (root / "bin").mkdir(parents=True)
     (root / "bin" / ".stamp-etcd").write_text("abc\n")
-    return Binaries(bin_dir=root / "bin", kuberay_crds=root / "crds", kwok_stages=root / "stages.yaml")
+    return Binaries(bin_dir=root / "bin", kuberay_crds=root / "crds",
+                    kwok_stages=root / "stages.yaml")
 
 
 def test_key_follows_crd_content_not_file_timestamps(tmp_path: Path) -> None:

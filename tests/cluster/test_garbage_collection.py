@@ -1,5 +1,6 @@
-"""The controller manager's garbage collector really runs: deleting an owner removes its dependents, the
-mechanism the operator relies on (RLTrainingJob → RayJob → RayCluster → pods) instead of delete handlers."""
+"""The controller manager's garbage collector really runs: deleting an owner removes its dependents,
+the mechanism the operator relies on (RLTrainingJob → RayJob → RayCluster → pods) instead of
+delete handlers."""
 
 from __future__ import annotations
 
@@ -43,5 +44,5 @@ def test_deleting_owner_garbage_collects_owned_configmap(kube_cluster: Cluster,
     kube_cluster.kubectl("delete", "configmap", owner_name, "-n", "default",
                          f"--cascade={propagation}", "--wait=false")
     _wait_gone(kube_cluster, "configmap", child_name)
-    assert kube_cluster.get("configmap", bystander, "default") is not None, "GC removed an unowned object"
+    assert kube_cluster.get("configmap", bystander, "default") is not None, "GC took a bystander"
     kube_cluster.kubectl("delete", "configmap", bystander, "-n", "default")

@@ -1,6 +1,6 @@
-"""The KubeRay stand-in drives a RayJob through KubeRay's states on the real control plane: RayCluster and
-pods with KubeRay's names and labels, GPU pods Running on fake H100 nodes, status through the status
-subresource, and the whole tree garbage-collected when the RayJob is deleted."""
+"""The KubeRay stand-in drives a RayJob through KubeRay's states on the real control plane:
+RayCluster and pods with KubeRay's names and labels, GPU pods Running on fake H100 nodes, status
+through the status subresource, and the whole tree garbage-collected when the RayJob is deleted."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""The real KubeRay operator (v1.5.0, built from its Go module) on the local control plane: a RayJob shaped
-like kuberl's becomes a RayCluster whose head and worker pods the real scheduler places on fake H100 nodes,
-and deleting the RayJob garbage-collects the whole tree. (Ray itself never starts: the nodes are fake.)"""
+"""The real KubeRay operator (v1.5.0, built from its Go module) on the local control plane: a RayJob
+shaped like kuberl's becomes a RayCluster whose head and worker pods the real scheduler places on
+fake H100 nodes, and deleting the RayJob garbage-collects the whole tree. (Ray itself never
+starts: the nodes are fake.)"""
 
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ def test_rayjob_becomes_raycluster_with_running_gpu_pods_and_is_collected(
         return (got.get("status") or {}).get("rayClusterName")
 
     name = _wait("KubeRay to name the RayCluster", cluster_name)
-    raycluster = _wait("the RayCluster", lambda: kube_cluster.get("raycluster", name, KUBERAY_NAMESPACE))
+    raycluster = _wait("the RayCluster",
+                       lambda: kube_cluster.get("raycluster", name, KUBERAY_NAMESPACE))
     assert raycluster["metadata"]["ownerReferences"][0]["kind"] == "RayJob"
 
     def all_running() -> list[dict[str, Any]] | None:

@@ -1,5 +1,6 @@
-"""A RayJob shaped like kuberl's (head + trainer group with 4 GPUs per pod + rollout group) is validated by
-KubeRay's real CRD schema (v1.5.0, from the ray-operator Go module); broken variants are rejected."""
+"""A RayJob shaped like kuberl's (head + trainer group with 4 GPUs per pod + rollout group) is
+validated by KubeRay's real CRD schema (v1.5.0, from the ray-operator Go module); broken variants
+are rejected."""
 
 from __future__ import annotations
 
@@ -15,6 +16,12 @@ from kuberl.devcluster import FAKE_NODE_TOLERATIONS, GPU_PRODUCT, Cluster
 pytestmark = pytest.mark.cluster
 
 
+HEAD_PORTS = [{"containerPort": 6379, "name": "gcs"},
+              {"containerPort": 8265, "name": "dashboard"},
+              {"containerPort": 10001, "name": "client"},
+              {"containerPort": 8080, "name": "metrics"}]
+
+
 def _pod(container: str, image: str, gpus: int, cpu: str, memory: str) -> dict[str, Any]:
     limits: dict[str, Any] = {"cpu": cpu, "memory": memory}
     if gpus:
@@ -23,10 +30,7 @@ def _pod(container: str, image: str, gpus: int, cpu: str, memory: str) -> dict[s
         "spec": {
             "containers": [{
                 "name": container, "image": image,
-                "ports": [{"containerPort": 6379, "name": "gcs"},
-                          {"containerPort": 8265, "name": "dashboard"},
-                          {"containerPort": 10001, "name": "client"},
-                          {"containerPort": 8080, "name": "metrics"}] if container == "ray-head" else [],
+                "ports": HEAD_PORTS if container == "ray-head" else [],
                 "resources": {"limits": limits, "requests": limits},
                 "env": [{"name": "NCCL_SOCKET_IFNAME", "value": "eth0"}],
                 "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"},
@@ -84,7 +88,8 @@ def _drop_group_name(job: dict[str, Any]) -> None:
 
 
 def _gpu_count_as_word(job: dict[str, Any]) -> None:
-    _groups(job)[0]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] = "four"
+    container = _groups(job)[0]["template"]["spec"]["containers"][0]
+    container["resources"]["limits"]["nvidia.com/gpu"] = "four"
 
 
 def _replicas_as_text(job: dict[str, Any]) -> None:

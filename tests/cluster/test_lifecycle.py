@@ -1,5 +1,5 @@
-"""``kuberl dev cluster up|env|status|down`` as a user runs them, each in its own process: ``down`` from a
-different process stops every component (whole process groups) and frees every port."""
+"""``kuberl dev cluster up|env|status|down`` as a user runs them, each in its own process: ``down``
+from a different process stops every component (whole process groups) and frees every port."""
 
 from __future__ import annotations
 
@@ -55,11 +55,13 @@ def test_up_env_status_down_from_separate_processes(tmp_path: Path) -> None:
 
         state = ClusterState.load(directory)
         names = {r.name for r in state.processes}
-        assert {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"} <= names
+        assert {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
+                "kwok"} <= names
         ports = listening_ports(state)
         assert all(port_open(p) for p in ports), ports
         kubectl = str(state.bin_dir / "kubectl")
-        nodes = subprocess.run([kubectl, "--kubeconfig", str(kubeconfig), "get", "nodes", "-o", "json"],
+        nodes = subprocess.run([kubectl, "--kubeconfig", str(kubeconfig), "get", "nodes",
+                                "-o", "json"],
                                capture_output=True, text=True, check=True)
         assert len(json.loads(nodes.stdout)["items"]) == 1
     finally:

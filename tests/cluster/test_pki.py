@@ -22,7 +22,8 @@ def _signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
     key = ca.public_key()
     assert isinstance(key, ec.EllipticCurvePublicKey)
     try:
-        key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm))
+        key.verify(cert.signature, cert.tbs_certificate_bytes,
+                   ec.ECDSA(cert.signature_hash_algorithm))
     except Exception:
         return False
     return True

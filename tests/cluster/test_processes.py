@@ -1,4 +1,5 @@
-"""Component processes are stopped as whole process groups, even from a process that did not start them."""
+"""Component processes are stopped as whole process groups, even from a process that did not start
+them."""
 
 from __future__ import annotations
 
@@ -38,8 +39,9 @@ def test_stop_kills_the_forked_grandchildren_too(tmp_path: Path) -> None:
 
 def test_stop_from_another_process_uses_the_recorded_pid(tmp_path: Path) -> None:
     rec = spawn("sleeper", ["sleep", "300"], tmp_path)
-    code = ("import sys; from kuberl.devcluster.processes import ProcessRecord, stop; "
-            f"stop(ProcessRecord(name='sleeper', pid={rec.pid}, start_ticks={rec.start_ticks}, log=''))")
+    code = ("from kuberl.devcluster.processes import ProcessRecord, stop; "
+            f"stop(ProcessRecord(name='sleeper', pid={rec.pid}, "
+            f"start_ticks={rec.start_ticks}, log=''))")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
     deadline = time.monotonic() + 5
     while is_running(rec) and time.monotonic() < deadline:
@@ -59,7 +61,8 @@ def test_a_recycled_pid_is_not_mistaken_for_the_component() -> None:
 def test_components_tied_to_a_killed_starter_die_with_it(tmp_path: Path) -> None:
     # A starter process spawns a component with die_with_parent, prints its PID, then is SIGKILLed
     # (as `timeout` kills a hung test run): the kernel must take the component down too.
-    code = ("import sys, time; from pathlib import Path; from kuberl.devcluster.processes import spawn; "
+    code = ("import time; from pathlib import Path; "
+            "from kuberl.devcluster.processes import spawn; "
             f"r = spawn('c', ['sleep', '300'], Path({str(tmp_path)!r}), die_with_parent=True); "
             "print(r.pid, flush=True); time.sleep(300)")
     starter = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)

@@ -1,5 +1,6 @@
-"""The real scheduler places GPU pods on kwok's fake H100 nodes and enforces ``nvidia.com/gpu`` capacity:
-a pod asking for all 8 GPUs of a node runs there; one more GPU on the same node stays Pending."""
+"""The real scheduler places GPU pods on kwok's fake H100 nodes and enforces ``nvidia.com/gpu``
+capacity: a pod asking for all 8 GPUs of a node runs there; one more GPU on the same node stays
+Pending."""
 
 from __future__ import annotations
 
@@ -41,16 +42,19 @@ def wait_pod(cluster: Cluster, name: str, check: Any, what: str, timeout: float 
         if pod is not None and check(pod):
             return pod
         time.sleep(0.2)
-    raise AssertionError(f"pod {name} never became {what}; last: {json.dumps((pod or {}).get('status'))}")
+    last = json.dumps((pod or {}).get("status"))
+    raise AssertionError(f"pod {name} never became {what}; last status: {last}")
 
 
 @pytest.fixture
 def private_node(kube_cluster: Cluster) -> Iterator[tuple[str, str]]:
-    """A fresh fake 8×H100 node only this test's pods select and tolerate, so nothing else takes its GPUs."""
+    """A fresh fake 8×H100 node only this test's pods select and tolerate, so nothing else takes its
+    GPUs."""
     label = uuid.uuid4().hex[:8]
     node = h100_node(f"h100-test-{label}")
     node["metadata"]["labels"]["kuberl.io/test-node"] = label
-    node["spec"]["taints"].append({"key": "kuberl.io/test-node", "value": label, "effect": "NoSchedule"})
+    taint = {"key": "kuberl.io/test-node", "value": label, "effect": "NoSchedule"}
+    node["spec"]["taints"].append(taint)
     kube_cluster.kubectl("create", "-f", "-", input=json.dumps(node))
     yield node["metadata"]["name"], label
     kube_cluster.kubectl("delete", "node", node["metadata"]["name"], "--wait=false", check=False)
