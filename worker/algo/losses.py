@@ -17,6 +17,7 @@ averages). Metrics use the same weights, so they add up across micro-batches the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -116,29 +117,35 @@ class LossNormalizer:
 class LossOutput:
     """One micro-batch's share of the step: ``loss`` to backpropagate, and metric partial values.
 
-    ``sums`` add across micro-batches (and DP ranks) to the step's weighted means; ``maxima`` and
-    ``minima`` combine with max/min. ``merge_metrics`` does both.
+    Metrics stay detached 0-dim tensors on the loss's device, so computing them never waits for the
+    accelerator; ``merge_metrics`` turns a step's worth into floats once. ``sums`` add across
+    micro-batches (and DP ranks) to the step's weighted means; ``maxima`` and ``minima`` combine with
+    max/min.
     """
 
     loss: Tensor  # () with grad
-    sums: dict[str, float] = field(default_factory=dict[str, float])
-    maxima: dict[str, float] = field(default_factory=dict[str, float])
-    minima: dict[str, float] = field(default_factory=dict[str, float])
+    sums: dict[str, Tensor] = field(default_factory=dict[str, Tensor])
+    maxima: dict[str, Tensor] = field(default_factory=dict[str, Tensor])
+    minima: dict[str, Tensor] = field(default_factory=dict[str, Tensor])
 
 
 def merge_metrics(outputs: Iterable[LossOutput]) -> dict[str, float]:
-    """Return the step metrics (un-prefixed keys) from the micro-batch outputs of one step."""
-    sums: dict[str, float] = {}
-    maxima: dict[str, float] = {}
-    minima: dict[str, float] = {}
+    """Return the step metrics (un-prefixed keys) from the micro-batch outputs of one step.
+
+    Extremes over no trained token at all are left out rather than reported as infinities.
+    """
+    sums: dict[str, Tensor] = {}
+    maxima: dict[str, Tensor] = {}
+    minima: dict[str, Tensor] = {}
     for out in outputs:
         for k, v in out.sums.items():
-            sums[k] = sums.get(k, 0.0) + v
+            sums[k] = sums[k] + v if k in sums else v
         for k, v in out.maxima.items():
-            maxima[k] = max(maxima.get(k, v), v)
+            maxima[k] = torch.maximum(maxima[k], v) if k in maxima else v
         for k, v in out.minima.items():
-            minima[k] = min(minima.get(k, v), v)
-    return {**sums, **maxima, **minima}
+            minima[k] = torch.minimum(minima[k], v) if k in minima else v
+    merged = {k: float(v) for k, v in {**sums, **maxima, **minima}.items()}
+    return {k: v for k, v in merged.items() if not math.isinf(v) or k in sums}
 
 
 def ppo_clip_loss(
@@ -234,50 +241,57 @@ def policy_loss_sum(
         eps_clip_c=config.eps_clip_c,
     )  # (N,), (N,)
 
-    sums: dict[str, float] = {}
-    maxima: dict[str, float] = {}
-    minima: dict[str, float] = {}
+    sums: dict[str, Tensor] = {}
 
     def wsum(x: Tensor) -> Tensor:
         return (torch.where(trained, x, 0.0) * w).sum()
 
     if rollout_logprobs is not None:
         rollout = flat(rollout_logprobs)
-        sums["logprob_diff"] = float(wsum((lp.detach() - rollout).abs()))
+        sums["logprob_diff"] = wsum((lp.detach() - rollout).abs())
         if config.use_tis:
             # Truncated IS between the trainer's old policy and the engine that sampled the tokens
             # (https://fengyao.notion.site/off-policy-rl); a constant weight, no gradient.
             raw = torch.where(trained, old - rollout, 0.0).exp()
             tis = raw.clamp(config.tis_clip_low, config.tis_clip)
             pg = pg * tis
-            sums["tis"] = float(wsum(tis))
-            sums["tis_clip_fraction"] = float(wsum((tis != raw).to(dtype)))
+            sums["tis"] = wsum(tis)
+            sums["tis_clip_fraction"] = wsum((tis != raw).to(dtype))
 
     pg_loss = wsum(pg)
     loss = pg_loss
-    sums["pg_loss"] = float(pg_loss.detach())
-    sums["clip_fraction"] = float(wsum(clipped.to(dtype)))
-    sums["ppo_kl"] = float(wsum(old - lp.detach()))
-    sums["ratio_mean"] = float(wsum(ratio.detach()))
-    if bool(trained.any()):
-        maxima["ratio_max"] = float(ratio.detach()[trained].max())
-        minima["ratio_min"] = float(ratio.detach()[trained].min())
+    sums["pg_loss"] = pg_loss.detach()
+    sums["clip_fraction"] = wsum(clipped.to(dtype))
+    sums["ppo_kl"] = wsum(old - lp.detach())
+    sums["ratio_mean"] = wsum(ratio.detach())
+    # No host sync: a micro-batch without trained tokens reports -inf / +inf, dropped when merged.
+    r = ratio.detach()
+    maxima = {
+        "ratio_max": torch.where(trained, r, -math.inf).amax()
+        if r.numel()
+        else r.new_tensor(-math.inf)
+    }
+    minima = {
+        "ratio_min": torch.where(trained, r, math.inf).amin()
+        if r.numel()
+        else r.new_tensor(math.inf)
+    }
 
     if entropies is not None:
         ent = torch.cat([upcast(e).to(device) for e in entropies]) if entropies else lp  # (N,)
         entropy = wsum(ent)
-        sums["entropy"] = float(entropy.detach())
+        sums["entropy"] = entropy.detach()
         if config.entropy_coef:
             loss = loss - config.entropy_coef * entropy
 
     if ref_logprobs is not None:
         ref = flat(ref_logprobs)
         kl = wsum(approx_kl(torch.where(trained, lp, ref), ref, config.kl_loss_type))
-        sums["kl"] = float(kl.detach())
+        sums["kl"] = kl.detach()
         if config.use_kl_loss and config.kl_loss_coef:
             loss = loss + config.kl_loss_coef * kl
 
-    sums["loss"] = float(loss.detach())
+    sums["loss"] = loss.detach()
     return LossOutput(loss=loss, sums=sums, maxima=maxima, minima=minima)
 
 
@@ -293,11 +307,12 @@ def grpo_loss_sum(
     ref_logprobs: Sequence[Tensor] | None = None,
     entropies: Sequence[Tensor] | None = None,
     device: torch.device | str | None = None,
-) -> tuple[Tensor, dict[str, float]]:
+) -> tuple[Tensor, dict[str, Tensor]]:
     """Return (partial loss, additive metric sums) for one micro-batch, config read from ``algorithm``.
 
     A thin adapter over ``policy_loss_sum`` for backends that keep the algorithm as a dict and add
-    metrics up with ``+``; ratio max/min need ``policy_loss_sum`` and ``merge_metrics``.
+    metrics up with ``+`` (values are detached 0-dim tensors); ratio max/min need ``policy_loss_sum``
+    and ``merge_metrics``.
     """
     if device is not None:
         logprobs = [x.to(device) for x in logprobs]

@@ -74,16 +74,16 @@ def run(config: LossConfig = CFG, **kw: object) -> LossOutput:
 def test_per_sample_mean_averages_each_sample_then_the_samples() -> None:
     out = run()
     assert out.loss.item() == pytest.approx(((-1 - 1.28) / 2 + 0.8) / 2)
-    assert out.sums["clip_fraction"] == pytest.approx((1 / 2 + 1 / 1) / 2)
-    assert out.maxima["ratio_max"] == pytest.approx(1.5)
-    assert out.minima["ratio_min"] == pytest.approx(0.5)
+    assert merge_metrics([out])["clip_fraction"] == pytest.approx((1 / 2 + 1 / 1) / 2)
+    assert merge_metrics([out])["ratio_max"] == pytest.approx(1.5)
+    assert merge_metrics([out])["ratio_min"] == pytest.approx(0.5)
 
 
 def test_per_token_mean_divides_the_token_sum_by_trained_tokens() -> None:
     out = run(replace(CFG, per_token=True))
     assert out.loss.item() == pytest.approx((-1 - 1.28 + 0.8) / 3)
-    assert out.sums["clip_fraction"] == pytest.approx(2 / 3)
-    assert out.sums["ppo_kl"] == pytest.approx(-(math.log(1.5) + math.log(0.5)) / 3)
+    assert merge_metrics([out])["clip_fraction"] == pytest.approx(2 / 3)
+    assert merge_metrics([out])["ppo_kl"] == pytest.approx(-(math.log(1.5) + math.log(0.5)) / 3)
 
 
 def test_gspo_uses_one_sequence_ratio_and_spreads_its_gradient() -> None:
@@ -106,7 +106,7 @@ def test_gspo_clips_the_whole_sequence() -> None:
         loss_masks=[t(1, 1)],
     )
     assert out.loss.item() == pytest.approx(-1.28)  # exp(0.5) = 1.65 clipped to 1.28
-    assert out.sums["clip_fraction"] == pytest.approx(1.0)
+    assert merge_metrics([out])["clip_fraction"] == pytest.approx(1.0)
 
 
 def test_tis_weights_tokens_by_the_clipped_train_rollout_ratio() -> None:
@@ -122,9 +122,9 @@ def test_tis_weights_tokens_by_the_clipped_train_rollout_ratio() -> None:
     # weights exp(0 - rollout) = e, e^-0.5 -> clipped to 2, 0.6065; pg = -1 each
     w2 = math.exp(-0.5)
     assert out.loss.item() == pytest.approx(-(2 + w2) / 2)
-    assert out.sums["tis"] == pytest.approx((2 + w2) / 2)
-    assert out.sums["tis_clip_fraction"] == pytest.approx(0.5)
-    assert out.sums["logprob_diff"] == pytest.approx((1.0 + 0.5) / 2)
+    assert merge_metrics([out])["tis"] == pytest.approx((2 + w2) / 2)
+    assert merge_metrics([out])["tis_clip_fraction"] == pytest.approx(0.5)
+    assert merge_metrics([out])["logprob_diff"] == pytest.approx((1.0 + 0.5) / 2)
 
 
 def test_tis_off_leaves_the_loss_alone_but_still_reports_the_mismatch() -> None:
@@ -137,8 +137,8 @@ def test_tis_off_leaves_the_loss_alone_but_still_reports_the_mismatch() -> None:
         rollout_logprobs=[t(-1.0, 0.5)],
     )
     assert out.loss.item() == pytest.approx(-1.0)
-    assert "tis" not in out.sums
-    assert out.sums["logprob_diff"] == pytest.approx(0.75)
+    assert "tis" not in merge_metrics([out])
+    assert merge_metrics([out])["logprob_diff"] == pytest.approx(0.75)
 
 
 def test_kl_and_entropy_terms_enter_with_their_coefficients() -> None:
@@ -160,12 +160,12 @@ def test_kl_and_entropy_terms_enter_with_their_coefficients() -> None:
     )
     out = run(cfg, **kw)
     # pg = -1 per token; k1 mean = (0.5 - 1) / 2 = -0.25; entropy mean = 1.0
-    assert out.sums["kl"] == pytest.approx(-0.25)
-    assert out.sums["entropy"] == pytest.approx(1.0)
+    assert merge_metrics([out])["kl"] == pytest.approx(-0.25)
+    assert merge_metrics([out])["entropy"] == pytest.approx(1.0)
     assert out.loss.item() == pytest.approx(-1.0 + 0.1 * -0.25 - 0.01 * 1.0)
     plain = run(replace(cfg, use_kl_loss=False, entropy_coef=0.0), **kw)
     assert plain.loss.item() == pytest.approx(-1.0)  # still logged, not trained on
-    assert plain.sums["kl"] == pytest.approx(-0.25)
+    assert merge_metrics([plain])["kl"] == pytest.approx(-0.25)
 
 
 def test_fully_masked_sample_adds_nothing_but_counts_as_a_sample() -> None:
@@ -205,8 +205,9 @@ def test_empty_micro_batch_contributes_nothing() -> None:
         entropies=[],
     )
     assert out.loss.item() == 0.0
-    assert all(v == 0.0 for v in out.sums.values())
-    assert not out.maxima and not out.minima
+    metrics = merge_metrics([out])
+    assert all(v == 0.0 for v in metrics.values())
+    assert "ratio_max" not in metrics and "ratio_min" not in metrics
 
 
 def test_masked_minus_inf_logprobs_do_not_poison_gradients() -> None:
@@ -252,7 +253,9 @@ def test_grpo_loss_sum_adapter_equals_policy_loss_sum() -> None:
         device="cpu",
     )
     assert loss.item() == pytest.approx(run().loss.item())
-    assert sums == run().sums
+    assert {k: float(v) for k, v in sums.items()} == {
+        k: v for k, v in merge_metrics([run()]).items() if k in sums
+    }
 
 
 # ---- logits -> entropy / logprobs ----------------------------------------------------------------
