@@ -145,6 +145,15 @@ def _service_account_kubeconfig(kubectl: Kubectl, kubeconfig: str, installed: di
     return path
 
 
+CHILD_KINDS = ("configmaps", "serviceaccounts", "roles.rbac.authorization.k8s.io",
+               "rolebindings.rbac.authorization.k8s.io")
+
+
+def _children(kubectl: Kubectl, namespace: str) -> dict[str, list[dict[str, Any]]]:
+    return {kind: kubectl.json("get", kind, "-n", namespace, "-l", "kuberl.io/job-name=chart-rbac")["items"]
+            for kind in CHILD_KINDS}
+
+
 @pytest.fixture(scope="module")
 def operator_run(kubectl: Kubectl, kubeconfig: str, installed, tmp_path_factory) -> Iterator[dict[str, Any]]:
     """The operator, run with the installed Deployment's own arguments as the chart's ServiceAccount (the
@@ -162,6 +171,7 @@ def operator_run(kubectl: Kubectl, kubeconfig: str, installed, tmp_path_factory)
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         prom.start()
+        started = time.time()
         job = yaml.safe_load((REPO / "examples" / "glm4-9b-dapo-math.yaml").read_text())
         job["metadata"] = {"name": "chart-rbac", "namespace": installed["watched"]}
         kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump(job))
@@ -174,11 +184,12 @@ def operator_run(kubectl: Kubectl, kubeconfig: str, installed, tmp_path_factory)
             rayjob = json.loads(got.stdout) if got.returncode == 0 else None
             status = kubectl.json("get", "rltrainingjobs.kuberl.io", "chart-rbac", "-n",
                                   installed["watched"]).get("status", {})
-            if rayjob and status.get("phase"):
-                break
+            if rayjob and status.get("phase") and all(_children(kubectl, installed["watched"]).values()):
+                break  # children are applied concurrently: wait for all of them, not just the RayJob
             time.sleep(1)
         time.sleep(3)  # a few more scrapes after the reconcile
-        yield {"proc": proc, "log": log_path, "rayjob": rayjob, "status": status, "prom": prom}
+        yield {"proc": proc, "log": log_path, "rayjob": rayjob, "status": status, "prom": prom,
+               "started": started}
     finally:
         proc.terminate()
         try:
@@ -195,18 +206,30 @@ def test_operator_reconciles_with_only_the_charts_rbac(kubectl: Kubectl, install
     assert operator_run["proc"].poll() is None, f"operator exited: {log[-3000:]}"
     assert operator_run["rayjob"] is not None, f"no RayJob after 90 s; operator log: {log[-3000:]}"
     assert operator_run["status"].get("phase"), f"no status.phase; operator log: {log[-3000:]}"
-    assert "Forbidden" not in log and " 403" not in log, log[-3000:]
-    for kind in ("configmaps", "serviceaccounts", "roles.rbac.authorization.k8s.io",
-                 "rolebindings.rbac.authorization.k8s.io"):
-        items = kubectl.json("get", kind, "-n", installed["watched"], "-l", "kuberl.io/job-name=chart-rbac")["items"]
+    assert "forbidden" not in log.lower() and " 403" not in log, log[-3000:]
+    for kind, items in _children(kubectl, installed["watched"]).items():
         assert items, f"operator created no {kind}"
 
 
-def test_operator_dashboard_queries_return_data_from_the_running_operator(operator_run) -> None:
+def test_operator_dashboard_queries_return_data_from_the_running_operator(operator_run, tmp_path) -> None:
     """A real Prometheus scraping the real operator process: every operator panel has data, except the
-    errors panel, whose counter has no series until a first error (none happen in a clean reconcile)."""
+    errors panel, whose counter has no series until a first error (none happen in a clean reconcile).
+    With KUBERL_SNAPSHOT_DIR set, the panels are also drawn there (docs/images/operator-dashboard.png)."""
+    from kuberl.monitoring import snapshot
+
     prom: LocalPrometheus = operator_run["prom"]
     board = dashboards.to_grafana(dashboards.operator())
     empty = [title for title, expr in dashboards.panel_queries(board)
              if not prom.query(dashboards.substitute(expr, rate_interval="1m"))]
     assert set(empty) <= {"Reconcile errors / s"}, empty
+    out = Path(os.environ.get("KUBERL_SNAPSHOT_DIR", tmp_path)) / "operator-dashboard.png"
+    drawn_empty = snapshot.draw(prom, board, operator_run["started"], time.time(), out, {})
+    assert set(drawn_empty) == set(empty)
+
+
+@pytest.mark.xfail(strict=False, reason="operator applies the driver's Role and RoleBinding concurrently; under "
+                                        "least-privilege RBAC the RoleBinding's escalation check needs the Role to "
+                                        "exist first, so the first reconcile fails and is retried 30 s later")
+def test_first_reconcile_succeeds_under_the_charts_rbac(operator_run) -> None:
+    log = operator_run["log"].read_text()
+    assert "failed temporarily" not in log, log[-3000:]
