@@ -319,7 +319,9 @@ def _pod_template(
         selector = gpu_node_selector(job)
         if selector:
             pod_spec["nodeSelector"] = selector
-        pod_spec["tolerations"] = gpu_tolerations(job)
+    # The head tolerates the GPU taint too (it may land on a GPU node, using no GPU): a cluster made of
+    # tainted 8-GPU nodes only, like the reference workload's single node, must still run it.
+    pod_spec["tolerations"] = gpu_tolerations(job)
     if cluster.priority_class_name:
         pod_spec["priorityClassName"] = cluster.priority_class_name
     pod_labels = {

@@ -67,6 +67,9 @@ class RayJobView:
                 provisioned = cond.get("status") == "True"
         if provisioned is None and cluster.get("state"):
             provisioned = cluster["state"] == "ready"
+        deployment = status.get("jobDeploymentStatus") or ""
+        if provisioned is None and deployment in (DeploymentStatus.RUNNING, DeploymentStatus.COMPLETE):
+            provisioned = True  # KubeRay leaves Initializing only once its Ray cluster is ready
         return cls(
             deployment=status.get("jobDeploymentStatus") or "",
             job_status=status.get("jobStatus") or "",

@@ -173,5 +173,6 @@ def test_phase_events_warn_on_failure_and_stay_quiet_without_change() -> None:
 
 def test_cluster_state_stands_in_for_missing_conditions() -> None:
     assert RayJobView.of(_rayjob("Running", rayClusterStatus={"state": "ready"})).cluster_provisioned
-    assert RayJobView.of(_rayjob("Running")).cluster_provisioned is None
+    assert RayJobView.of(_rayjob("Initializing")).cluster_provisioned is None
+    assert RayJobView.of(_rayjob("Running")).cluster_provisioned is True  # past Initializing: ready
     assert phase_of(None, suspend=True).phase == Phase.PENDING
