@@ -170,21 +170,20 @@ def ppo_clip_loss(
     return loss, (clipped > unclipped)
 
 
-def sequence_log_ratio(log_ratio: Tensor, loss_mask: Tensor, lengths: Sequence[int]) -> Tensor:
+def sequence_log_ratio(
+    log_ratio: Tensor, loss_mask: Tensor, segment_ids: Tensor, num_sequences: int
+) -> Tensor:
     """Return GSPO's per-sequence mean log-ratio over trained tokens, broadcast back to tokens (N,).
 
     ``s_i = exp(mean_t log(pi/pi_old))`` (https://arxiv.org/abs/2507.18071); the gradient flows
-    through the mean to every trained token of the sequence.
+    through the mean to every trained token of the sequence. ``segment_ids`` (N,) names each token's
+    sequence.
     """
-    seg = torch.repeat_interleave(
-        torch.arange(len(lengths), device=log_ratio.device),
-        torch.as_tensor(lengths, dtype=torch.long, device=log_ratio.device),
-    )  # (N,)
-    total = torch.zeros(len(lengths), dtype=log_ratio.dtype, device=log_ratio.device)
-    count = torch.zeros_like(total)
-    total = total.index_add(0, seg, log_ratio * loss_mask)  # (B,)
-    count = count.index_add(0, seg, loss_mask)  # (B,)
-    return (total / count.clamp_min(1.0))[seg]  # (N,)
+    total = log_ratio.new_zeros(num_sequences).index_add(
+        0, segment_ids, log_ratio * loss_mask
+    )  # (B,)
+    count = log_ratio.new_zeros(num_sequences).index_add(0, segment_ids, loss_mask)  # (B,)
+    return (total / count.clamp_min(1.0))[segment_ids]  # (N,)
 
 
 def policy_loss_sum(
@@ -212,7 +211,6 @@ def policy_loss_sum(
         ref_logprobs: reference-model logprobs; enable the KL term (a loss only with use_kl_loss).
         entropies: per-token entropy of the current policy, with grad; a loss only with entropy_coef.
     """
-    lengths = [int(lp.numel()) for lp in logprobs]
     lp = torch.cat([upcast(x) for x in logprobs]) if logprobs else torch.zeros(0)  # (N,)
     dtype, device = lp.dtype, lp.device
 
@@ -231,7 +229,18 @@ def policy_loss_sum(
     # Masked tokens get log-ratio 0, so padding logprobs (even -inf) cannot leak NaN into gradients.
     log_ratio = torch.where(trained, lp - old, 0.0)  # (N,)
     if config.sequence_ratio:
-        log_ratio = sequence_log_ratio(log_ratio, mask, lengths)
+        # Segment ids built on the device from the per-sample tensors: no host-to-device copy.
+        seg = (
+            torch.cat(
+                [
+                    torch.full_like(x, i, dtype=torch.long, device=device)
+                    for i, x in enumerate(logprobs)
+                ]
+            )
+            if logprobs
+            else torch.zeros(0, dtype=torch.long, device=device)
+        )  # (N,)
+        log_ratio = sequence_log_ratio(log_ratio, mask, seg, len(logprobs))
     ratio = log_ratio.exp()
     pg, clipped = ppo_clip_loss(
         ratio,

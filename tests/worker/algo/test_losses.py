@@ -478,3 +478,42 @@ def test_partial_normaliser_would_change_the_loss() -> None:
         loss, _, _ = step(model, sub, [list(range(len(sub)))], config)
         wrong += loss / len(halves)
     assert wrong != pytest.approx(full, rel=1e-3)
+
+
+@NO_CUDA
+@pytest.mark.parametrize("gspo", [False, True], ids=["ppo_ratio", "gspo_ratio"])
+def test_policy_loss_never_waits_for_the_gpu(gspo: bool) -> None:
+    dev = torch.device("cuda")
+    lp = [
+        torch.randn(5, device=dev, requires_grad=True),
+        torch.randn(3, device=dev, requires_grad=True),
+    ]
+    like = [x.detach() for x in lp]
+    masks = [torch.ones(5, device=dev), torch.tensor([1.0, 0.0, 1.0], device=dev)]
+    normalizer = LossNormalizer.from_masks(masks, per_token=False)
+    cfg = LossConfig(
+        sequence_ratio=gspo,
+        use_tis=True,
+        use_kl_loss=True,
+        kl_loss_coef=0.1,
+        entropy_coef=0.01,
+        eps_clip_c=3.0,
+    )
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = policy_loss_sum(
+            logprobs=lp,
+            old_logprobs=like,
+            advantages=like,
+            loss_masks=masks,
+            normalizer=normalizer,
+            config=cfg,
+            rollout_logprobs=like,
+            ref_logprobs=like,
+            entropies=[x.abs() for x in lp],
+        )
+        out.loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert merge_metrics([out])["ratio_max"] >= merge_metrics([out])["ratio_min"]
