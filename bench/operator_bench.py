@@ -115,6 +115,32 @@ async def burst(kubeconfig: str, namespace: str, jobs: int, timeout: float) -> d
     }
 
 
+def reconcile_figures(exposition: str) -> dict[str, Any]:
+    """The operator's own view: reconciles and their latency (bucket upper bounds) from /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    buckets: list[tuple[float, float]] = []
+    count = 0.0
+    for family in text_string_to_metric_families(exposition):
+        for s in family.samples:
+            if s.labels.get("result") != "ok":
+                continue
+            if s.name == "kuberl_operator_reconcile_duration_seconds_bucket":
+                buckets.append((float(s.labels["le"]), s.value))
+            elif s.name == "kuberl_operator_reconcile_duration_seconds_count":
+                count = s.value
+    buckets.sort()
+
+    def quantile(q: float) -> float | None:
+        for bound, cumulative in buckets:
+            if count and cumulative >= q * count:
+                return bound
+        return None
+
+    return {"reconciles_ok": int(count), "reconcile_p50_le_s": quantile(0.5),
+            "reconcile_p99_le_s": quantile(0.99)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
@@ -143,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         figures = asyncio.run(burst(args.kubeconfig, namespace, args.jobs, args.timeout))
         time.sleep(2.0)  # status folds after the children exist also count towards the peak
         figures["operator_cpu_seconds"] = round(sum(process.cpu_times()[:2]) - cpu_before, 2)
+        figures.update(reconcile_figures(operator.metrics()))
         figures["machine_load_average_1m"] = round(os.getloadavg()[0], 2)
         figures["machine_cpus"] = os.cpu_count()
         figures["operator_idle_rss_mb"] = round(idle_rss / 2**20, 1)
