@@ -126,9 +126,9 @@ def free_port() -> int:
 
 
 class OperatorProcess:
-    """``python -m kuberl.operator`` for one namespace; restartable and killable mid-flight."""
+    """``python -m kuberl.operator`` for one namespace (or all); restartable and killable mid-flight."""
 
-    def __init__(self, kubeconfig: str, namespace: str, log_path: Path, resync: float = 2.0,
+    def __init__(self, kubeconfig: str, namespace: str | None, log_path: Path, resync: float = 2.0,
                  bytecode: bool = False) -> None:
         self.kubeconfig, self.namespace, self.log_path, self.resync = kubeconfig, namespace, log_path, resync
         self.bytecode = bytecode  # allow .pyc files, as an installed image has them
@@ -139,7 +139,8 @@ class OperatorProcess:
         env = {**os.environ, "KUBECONFIG": self.kubeconfig}
         if self.bytecode:
             env.pop("PYTHONDONTWRITEBYTECODE", None)
-        cmd = [sys.executable, "-m", "kuberl.operator", "--namespace", self.namespace,
+        where = ["--namespace", self.namespace] if self.namespace else []  # none: cluster-wide
+        cmd = [sys.executable, "-m", "kuberl.operator", *where,
                "--metrics-port", str(self.metrics_port), "--metrics-addr", "127.0.0.1",
                "--resync-seconds", str(self.resync), "--kubeconfig", self.kubeconfig,
                "--worker-image", "kuberl/worker:test"]

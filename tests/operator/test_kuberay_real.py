@@ -52,7 +52,8 @@ def kc(kuberay_cluster: Any) -> Kubectl:
 @pytest.fixture(scope="module")
 def operator(kuberay_cluster: Any, tmp_path_factory: pytest.TempPathFactory
              ) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(str(kuberay_cluster.kubeconfig), KUBERAY_NAMESPACE,
+    # Cluster-wide (no --namespace): this control plane is the module's own.
+    op = OperatorProcess(str(kuberay_cluster.kubeconfig), None,
                          tmp_path_factory.mktemp("operator-kuberay") / "operator.log")
     op.start()
     yield op
