@@ -348,3 +348,44 @@ def test_metrics_report_reconciles_latency_and_jobs_by_phase(
     assert samples[("kuberl_operator_reconcile_duration_seconds_count", (("result", "ok"),))] >= 1
     for kind in ("api", "transient", "spec", "internal"):
         assert ("kuberl_operator_errors_total", (("kind", kind),)) in samples
+
+
+async def test_a_spec_the_operator_cannot_accept_fails_the_job_without_retry(
+    kubectl: Kubectl, kubeconfig: str
+) -> None:
+    """A spec that passes the apiserver but not kuberl's own checks (an older CRD, say) ends Failed.
+
+    Runs ``reconcile`` in-process against the real apiserver, in a namespace no operator watches.
+    """
+    import asyncio
+    import uuid
+
+    import kopf
+
+    from kuberl.operator.apply import Kube
+    from kuberl.operator.handlers import reconcile
+    from kuberl.operator.settings import OperatorConfig
+
+    namespace = f"invalid-{uuid.uuid4().hex[:6]}"
+    kubectl.run("create", "namespace", namespace)
+    kc = kubectl.in_namespace(namespace)
+    try:
+        kc.apply(manifest("odd"))
+        body = kc.get("rltrainingjob", "odd")
+        body["spec"]["placement"]["rolloutNumGpus"] = 3  # not whole 2-GPU engines
+        kube = await Kube.connect(kubeconfig)
+        memo = kopf.Memo(kube=kube, config=OperatorConfig(), inflight=asyncio.Semaphore(1))
+        try:
+            with pytest.raises(kopf.PermanentError, match="gpusPerEngine"):
+                await reconcile(body, memo)
+        finally:
+            await kube.close()
+        st = status(kc, "odd")
+        assert (st["phase"], st["reason"]) == ("Failed", "InvalidSpec")
+        assert "gpusPerEngine" in st["message"]
+        assert next(c for c in st["conditions"] if c["type"] == "Failed")["status"] == "True"
+        assert kc.get("rayjob", "odd") is None  # nothing was created for it
+        events = [e for e in kc.list("events") if e["involvedObject"]["name"] == "odd"]
+        assert any(e["reason"] == "InvalidSpec" and e["type"] == "Warning" for e in events)
+    finally:
+        kubectl.run("delete", "namespace", namespace, "--wait=false", check=False)
