@@ -82,6 +82,7 @@ def rollout_metrics(result: RolloutResult, max_response_len: int, num_engines: i
         "perf/rollout_tokens_per_s": tokens_per_s,
         "perf/rollout_tokens_per_s_per_gpu": tokens_per_s / max(1, num_engines),
         "time/rollout_s": result.wall_s,
+        "time/reward_s": result.grading_s,
         "dynamic_sampling/groups_dropped": float(sum(result.dropped.values())),
         "dynamic_sampling/waves": float(result.waves),
         "buffer/partial_resumed": float(result.resumed_samples),

@@ -89,6 +89,8 @@ class MetricsExporter:
         for spec in METRICS:
             cls = Counter if spec.kind == Kind.COUNTER else Gauge
             self._series[spec.key] = cls(spec.name, spec.help, [JOB_LABEL], registry=self.registry)
+            if cls is Counter:
+                self._series[spec.key].labels(job)  # exported as 0 from the start, not "no data"
         self._step_hist = Histogram(
             "kuberl_step_duration_seconds", "Step wall time distribution.", [JOB_LABEL],
             buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200), registry=self.registry,

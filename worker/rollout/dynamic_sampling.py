@@ -56,6 +56,7 @@ class RolloutResult:
     tokens_reused: int = 0  # partial tokens continued instead of regenerated
     late_groups_buffered: int = 0
     generated_tokens: int = 0
+    grading_s: float = 0.0  # time spent grading groups (overlaps generation of other groups)
     wall_s: float = 0.0
 
 
@@ -117,7 +118,9 @@ async def collect_rollout(
         return len(groups)
 
     async def verdict(group: list[Sample]) -> FilterResult:
+        t = time.perf_counter()
         await grade(group)
+        result.grading_s += time.perf_counter() - t
         if group_filter is None:
             return FilterResult(True)
         return normalize_verdict(group_filter(filter_args, group, rollout_id=rollout_id))

@@ -40,6 +40,8 @@ class TorchBackendConfig:
     device: str = "auto"
     num_rollout: int | None = None
     num_steps_per_rollout: int = 1
+    # Engines report logprobs of the temperature-scaled distribution; the trainer must match (as slime).
+    temperature: float = 1.0
 
     @classmethod
     def from_worker_config(cls, config: Any) -> TorchBackendConfig:
@@ -55,6 +57,7 @@ class TorchBackendConfig:
             device=config.device,
             num_rollout=config.num_rollout,
             num_steps_per_rollout=config.num_steps_per_rollout,
+            temperature=config.sampling["temperature"],
         )
 
 
@@ -138,6 +141,8 @@ class TorchBackend:
             attention[i, : s.num_tokens] = 1
         input_ids, attention = input_ids.to(self.device), attention.to(self.device)
         logits = model(input_ids=input_ids, attention_mask=attention).logits.float()  # (B, T, V)
+        if self.config.temperature != 1.0:
+            logits = logits / self.config.temperature
         logprobs, entropies = [], [] if with_entropy else None
         for i, s in enumerate(samples):
             # Token t is predicted by position t-1: response tokens P..P+R-1 use logits P-1..P+R-2.

@@ -39,11 +39,11 @@ def source(prompt_ids: list[int]) -> tuple[Callable[[int], list[list[Sample]]], 
 
 
 def reward_by_group(rule: Callable[[int, int], float], slow_group: int | None = None):
-    """Grade by (group, position); grading ``slow_group`` takes 1.5 s so others generate meanwhile."""
+    """Grade by (group, position); grading ``slow_group`` takes 3 s so others generate meanwhile."""
 
     async def grade(group: list[Sample]) -> None:
         if group[0].group_index == slow_group:
-            await asyncio.sleep(1.5)
+            await asyncio.sleep(3.0)
         for k, s in enumerate(group):
             s.reward = rule(s.group_index, k)
 
