@@ -49,6 +49,9 @@ HEAD_PORTS = [
     {"name": "dashboard", "containerPort": 8265},
     {"name": "client", "containerPort": 10001},
     {"name": "metrics", "containerPort": 8080},
+    # The driver's own /metrics (python -m kuberl.worker, default port 9400), scraped by the chart's
+    # workers PodMonitor through this port name.
+    {"name": "kuberl-metrics", "containerPort": 9400},
 ]
 
 
