@@ -187,7 +187,8 @@ class TorchBackend:
                                            else s.rollout_logprobs) for s in mb],
                 advantages=[torch.tensor(s.advantages) for s in mb],
                 loss_masks=[torch.tensor(s.loss_mask, dtype=torch.float32) for s in mb],
-                rollout_logprobs=[torch.tensor(s.rollout_logprobs) for s in mb],
+                rollout_logprobs=[torch.tensor(s.rollout_logprobs) for s in mb]
+                if all(len(s.rollout_logprobs) == s.response_len for s in mb) else None,
                 ref_logprobs=[torch.tensor(s.ref_logprobs) for s in mb]
                 if all(s.ref_logprobs is not None for s in mb) else None,
                 entropies=entropies,
