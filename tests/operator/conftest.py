@@ -35,7 +35,7 @@ def kubectl_binary() -> str:
     return found
 
 
-def wait_for(check: Callable[[], T | None], timeout: float = 20.0, interval: float = 0.2,
+def wait_for(check: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.2,
              what: str = "condition") -> T:
     """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout`` s."""
     deadline = time.monotonic() + timeout
@@ -146,7 +146,7 @@ class OperatorProcess:
                "--worker-image", "kuberl/worker:test"]
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        wait_for(self._ready, timeout=30, what=f"operator metrics (log: {self.log_path})")
+        wait_for(self._ready, timeout=90, what=f"operator metrics (log: {self.log_path})")
 
     def _ready(self) -> bool:
         assert self.proc is not None and self.proc.poll() is None, self.log_path.read_text()[-3000:]

@@ -49,12 +49,12 @@ def status(kc: Kubectl, name: str) -> dict[str, Any]:
     return (job or {}).get("status") or {}
 
 
-def wait_phase(kc: Kubectl, name: str, phase: str, timeout: float = 20) -> dict[str, Any]:
+def wait_phase(kc: Kubectl, name: str, phase: str, timeout: float = 30) -> dict[str, Any]:
     return wait_for(lambda: (s := status(kc, name)).get("phase") == phase and s, timeout,
                     what=f"{name} phase {phase} (status: {status(kc, name)})")
 
 
-def wait_rayjob(kc: Kubectl, name: str, timeout: float = 20) -> dict[str, Any]:
+def wait_rayjob(kc: Kubectl, name: str, timeout: float = 30) -> dict[str, Any]:
     return wait_for(lambda: kc.get("rayjob", name), timeout, what=f"RayJob {name}")
 
 
