@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
 from kuberl.api.job import GROUP, PLURAL, VERSION
 
 log = logging.getLogger(__name__)
