@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel, ValidationError
+
 from kuberl.api import job as j
 from kuberl.api.base import SpecModel
 from kuberl.api.spec import MUTABLE_ROLLOUT_FIELDS, TRANSITION_RULES, RLTrainingJobSpec
 from kuberl.api.spec.rollout import RolloutSpec
 from kuberl.api.status import RLTrainingJobStatus
-from pydantic import BaseModel, ValidationError
 
 CRD_FILENAME = f"{j.GROUP}_{j.PLURAL}.yaml"
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from kuberl.api.spec import RLTrainingJobSpec
-from kuberl.api.status import RLTrainingJobStatus
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from kuberl.api.spec import RLTrainingJobSpec
+from kuberl.api.status import RLTrainingJobStatus
 from kuberl.errors import SpecError
 
 GROUP = "kuberl.io"

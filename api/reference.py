@@ -6,11 +6,12 @@ import typing
 from enum import Enum
 from pathlib import Path
 
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
 from kuberl.api.base import SpecModel
 from kuberl.api.spec import RLTrainingJobSpec
 from kuberl.api.status import RLTrainingJobStatus
-from pydantic import BaseModel
-from pydantic_core import PydanticUndefined
 
 REFERENCE_PATH = Path(__file__).resolve().parent.parent / "docs" / "api-reference.md"
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from kuberl.api.base import StatusModel
 from pydantic import Field
+
+from kuberl.api.base import StatusModel
 
 
 class Phase(StrEnum):

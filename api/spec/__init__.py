@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from kuberl.api.base import SpecModel
 from kuberl.api.rules import Rule, immutable
 from kuberl.api.spec.algorithm import AdvantageEstimator, AlgorithmSpec, KlLossType
@@ -15,7 +17,6 @@ from kuberl.api.spec.perf import PerfSpec, RecomputeGranularity, RecomputeMethod
 from kuberl.api.spec.placement import PlacementSpec
 from kuberl.api.spec.rollout import RewardType, RolloutSpec
 from kuberl.api.spec.sglang import SglangSpec
-from pydantic import Field
 
 
 def _actor_gpus(m: RLTrainingJobSpec) -> int:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from kuberl.api.base import SpecModel
 from pydantic import Field
+
+from kuberl.api.base import SpecModel
 
 
 class TrainerBackend(StrEnum):

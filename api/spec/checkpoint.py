@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from kuberl.api.base import SpecModel
 from pydantic import Field
+
+from kuberl.api.base import SpecModel
 
 
 class CheckpointSpec(SpecModel):

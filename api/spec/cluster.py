@@ -5,8 +5,9 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from kuberl.api.base import SpecModel
 from pydantic import Field
+
+from kuberl.api.base import SpecModel
 
 
 class GpuType(StrEnum):

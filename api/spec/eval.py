@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from kuberl.api.base import SpecModel
 from kuberl.api.rules import Rule
 from kuberl.api.spec.rollout import RewardType
-from pydantic import Field
 
 
 class EvalDataset(SpecModel):

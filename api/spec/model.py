@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from pydantic import Field, field_validator
+
 from kuberl.api.base import SpecModel
 from kuberl.api.presets import AUTO, PRESETS
-from pydantic import Field, field_validator
 
 
 class ArchitectureOverrides(SpecModel):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from pydantic import Field
+
 from kuberl.api.base import SpecModel
 from kuberl.api.rules import Rule
-from pydantic import Field
 
 
 class RecomputeGranularity(StrEnum):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from kuberl.api.base import SpecModel
 from kuberl.api.rules import Rule
-from pydantic import Field
 
 
 class PlacementSpec(SpecModel):

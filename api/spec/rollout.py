@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from pydantic import Field
+
 from kuberl.api.base import SpecModel
 from kuberl.api.rules import Rule
-from pydantic import Field
 
 # `pkg.module:function` (preferred) or slime's dotted `pkg.module.function`.
 IMPORT_PATH_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*[:.][A-Za-z_][A-Za-z0-9_]*$"

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from kuberl.api.base import SpecModel
 from pydantic import Field, field_validator
+
+from kuberl.api.base import SpecModel
 
 _CAMEL_KEY = r"^[a-z][A-Za-z0-9]*$"
 

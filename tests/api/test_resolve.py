@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from kuberl.api import load_jobs
 from kuberl.api.resolve import args_to_flags, camel_to_flag, resolve
-
 from tests.api.cases import EXAMPLES
 
 SEED = Path(__file__).resolve().parents[3] / "shared" / "seed" / "glm4-9b-8xh100.md"

@@ -13,11 +13,11 @@ from typing import Any
 import celpy
 import pytest
 import yaml
+
 from kuberl.api.base import SpecModel
 from kuberl.api.crd import build_crd
 from kuberl.api.spec import RLTrainingJobSpec
 from kuberl.api.spec.rollout import IMPORT_PATH_PATTERN
-
 from tests.api.cases import BAD_CASES, EXAMPLES, valid_manifest
 
 

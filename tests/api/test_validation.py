@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from kuberl.api import load_jobs, parse_job
 
+from kuberl.api import load_jobs, parse_job
 from kuberl.cli.main import main
 from kuberl.errors import SpecError
 from tests.api.cases import BAD_CASES, EXAMPLES, BadCase, valid_manifest
