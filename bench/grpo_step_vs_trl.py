@@ -49,6 +49,19 @@ def _load_prepare() -> Any:
     return module
 
 
+def _build(build: Path, args: argparse.Namespace) -> None:
+    """The example's data, and its model or (``--hidden-size``) a wider GLM4 with a BPE tokenizer."""
+    prepare = _load_prepare()
+    if args.hidden_size is None:
+        prepare.prepare(build, seed=0)
+        return
+    from kuberl.worker.tiny_model import build_tiny_model
+
+    build_tiny_model(build / "model", "glm4", seed=0, hidden_size=args.hidden_size,
+                     num_layers=args.layers)
+    prepare.build_data(build, seed=0)
+
+
 def _job_manifest(build: Path, args: argparse.Namespace) -> dict[str, Any]:
     """examples/tiny/job.yaml pointed at ``build``, sized by the benchmark's arguments."""
     import yaml
@@ -166,7 +179,9 @@ def _run_side(side: str, build: Path, args: argparse.Namespace) -> dict[str, Any
 def _forwarded(args: argparse.Namespace) -> list[str]:
     return ["--steps", str(args.steps), "--warmup", str(args.warmup), "--prompts", str(args.prompts),
             "--samples", str(args.samples), "--max-completion-length", str(args.max_completion_length),
-            "--temperature", str(args.temperature), "--trl-threads", str(args.trl_threads)]
+            "--temperature", str(args.temperature), "--trl-threads", str(args.trl_threads)] + (
+            ["--hidden-size", str(args.hidden_size), "--layers", str(args.layers)]
+            if args.hidden_size else [])
 
 
 def _summary(step_s: list[float]) -> str:
@@ -180,7 +195,9 @@ def _report(args: argparse.Namespace, ours: dict[str, Any], trl: dict[str, Any],
     import transformers
     import trl as trl_pkg
 
-    print(f"workload: tiny GLM4 of examples/tiny, {args.prompts} prompts x {args.samples} samples, "
+    model = ("tiny GLM4 of examples/tiny (hidden 64, 2 layers)" if args.hidden_size is None else
+             f"GLM4 from tiny_model (hidden {args.hidden_size}, {args.layers} layers)")
+    print(f"workload: {model}, last-letter task, {args.prompts} prompts x {args.samples} samples, "
           f"max completion {args.max_completion_length} tokens, temperature {args.temperature}, CPU")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, load average {load[0]:.1f} before / "
           f"{load[1]:.1f} after; torch {torch.__version__}, transformers {transformers.__version__}, "
@@ -210,6 +227,11 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--trl-threads", type=int, default=1,
                         help="torch threads in the TRL process (kuberl's Ray actors get 1 each)")
+    parser.add_argument("--hidden-size", type=int, default=None,
+                        help="instead of examples/tiny's model (hidden 64, 2 layers, context 64), a "
+                             "wider GLM4 from kuberl.worker.tiny_model (BPE tokenizer, context 512) on "
+                             "the same task")
+    parser.add_argument("--layers", type=int, default=4, help="layers of the --hidden-size model")
     parser.add_argument("--build", type=Path, default=None,
                         help="examples/tiny build folder (default: built in a temporary folder)")
     parser.add_argument("--verbose", action="store_true", help="show both sides' own output")
@@ -222,7 +244,7 @@ def main() -> None:
         result = run_ours(build, args) if args.side == "ours" else run_trl(build, args)
         args.result.write_text(json.dumps(result))
         return
-    _load_prepare().prepare(build, seed=0)
+    _build(build, args)
     load_before = os.getloadavg()[0]
     ours = _run_side("ours", build, args)
     trl = _run_side("trl", build, args)
