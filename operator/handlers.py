@@ -109,9 +109,9 @@ async def _reconcile(
                                               "the RayJob is missing; recreating it", now)
             if apply:
                 children = render_children(job, config.render_settings())
-                # All at once: the RayJob's pods come minutes later (KubeRay builds the Ray cluster
-                # first), and a pod that beats its ConfigMap or ServiceAccount is retried anyway.
-                *_, rayjob = await asyncio.gather(*(kube.apply(c) for c in children.in_apply_order()))
+                for stage in children.apply_stages():
+                    stored = await asyncio.gather(*(kube.apply(c) for c in stage))
+                    rayjob = next((o for o in stored if o.get("kind") == "RayJob"), rayjob)
             await _write_status(kube, body, previous, fold_status(job, rayjob, now))
         except TransientApiError as exc:
             outcome.result = metrics.RETRY

@@ -87,12 +87,17 @@ class Children:
     role_binding: dict[str, Any]
     rayjob: dict[str, Any]
 
-    def prerequisites(self) -> list[dict[str, Any]]:
-        """What the RayJob's pods need before they start: mounted config and their account."""
-        return [self.config_map, self.service_account, self.role, self.role_binding]
-
     def in_apply_order(self) -> list[dict[str, Any]]:
-        return [*self.prerequisites(), self.rayjob]
+        return [self.config_map, self.service_account, self.role, self.role_binding, self.rayjob]
+
+    def apply_stages(self) -> list[list[dict[str, Any]]]:
+        """Objects that may be applied concurrently, stage by stage.
+
+        The RoleBinding waits for its Role: under least-privilege RBAC the apiserver's escalation check
+        resolves the referenced Role, so binding a Role that does not exist yet is forbidden. Everything
+        else goes at once; the RayJob's pods come much later (KubeRay builds the Ray cluster first).
+        """
+        return [[self.config_map, self.service_account, self.role, self.rayjob], [self.role_binding]]
 
 
 def rollout_gpus_per_pod(rollout_gpus: int, gpus_per_engine: int, gpus_per_node: int) -> int:

@@ -147,6 +147,11 @@ def test_children_carry_owner_reference_labels_and_namespace() -> None:
         assert meta["labels"]["kuberl.io/job-name"] == job.metadata.name
         assert meta["annotations"]["kuberl.io/spec-generation"] == "7"
     assert children.in_apply_order()[-1]["kind"] == "RayJob"
+    stages = [[o["kind"] for o in stage] for stage in children.apply_stages()]
+    assert sorted(k for stage in stages for k in stage) == sorted(
+        o["kind"] for o in children.in_apply_order())
+    role_stage = next(i for i, st in enumerate(stages) if "Role" in st)
+    assert stages.index(["RoleBinding"]) > role_stage  # a binding needs its Role to exist
 
 
 def test_without_uid_children_have_no_owner_reference() -> None:
