@@ -229,8 +229,6 @@ def test_worker_podmonitor_labels_match_the_rendered_head_pod(render) -> None:
     assert selector.items() <= labels.items()
 
 
-@pytest.mark.xfail(strict=False, reason="operator/render.py's head pod has no port named kuberl-metrics yet "
-                                        "(the driver serves on 9400); see docs/helm.md")
 def test_worker_podmonitor_port_is_a_named_port_of_the_rendered_head_pod(render) -> None:
     monitors = {m["metadata"]["name"]: m for m in find(render("feature"), "PodMonitor")}
     port = monitors["rel-kuberl-workers"]["spec"]["podMetricsEndpoints"][0]["port"]

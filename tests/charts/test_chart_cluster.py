@@ -227,9 +227,6 @@ def test_operator_dashboard_queries_return_data_from_the_running_operator(operat
     assert set(drawn_empty) == set(empty)
 
 
-@pytest.mark.xfail(strict=False, reason="operator applies the driver's Role and RoleBinding concurrently; under "
-                                        "least-privilege RBAC the RoleBinding's escalation check needs the Role to "
-                                        "exist first, so the first reconcile fails and is retried 30 s later")
 def test_first_reconcile_succeeds_under_the_charts_rbac(operator_run) -> None:
     log = operator_run["log"].read_text()
     assert "failed temporarily" not in log, log[-3000:]
