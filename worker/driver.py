@@ -354,13 +354,13 @@ class Driver:
         )
         return stats.seconds
 
-    def _checkpoint(self, rollout_id: int) -> str | None:
+    def _checkpoint(self, rollout_id: int, end: int) -> str | None:
         import ray
 
         c = self.config
         if not c.save or not c.save_interval:
             return None
-        last = c.num_rollout is not None and rollout_id + 1 >= c.num_rollout
+        last = rollout_id + 1 >= end
         if (rollout_id + 1) % c.save_interval != 0 and not last:
             return None
         state = {
@@ -385,7 +385,8 @@ class Driver:
             end = min(end, self.start_rollout + self.options.max_rollouts)
         history: list[dict[str, float]] = []
         bar = _progress_bar(self.start_rollout, end, self.options.progress_bar)
-        for rollout_id in range(self.start_rollout, end):
+        rollout_id = self.start_rollout
+        while rollout_id < end:
             step_t0 = time.perf_counter()
             metrics: dict[str, float] = {"progress/rollout_id": float(rollout_id),
                                          "progress/num_rollout": float(end)}
@@ -405,17 +406,29 @@ class Driver:
             metrics["progress/weight_version"] = float(self.weight_version)
             metrics["buffer/samples"] = float(self.buffer.num_samples)
             t = time.perf_counter()
-            saved = self._checkpoint(rollout_id)
+            saved = self._checkpoint(rollout_id, end)
             metrics["time/checkpoint_s"] = time.perf_counter() - t
             metrics["time/step_s"] = time.perf_counter() - step_t0
             self._report(rollout_id, end, metrics, saved)
             history.append(metrics)
             bar(rollout_id, metrics)
+            rollout_id += 1
+            end = self._refresh_end(end)
         if self._eval_due(end, final=True) and history:
             final = asyncio.run(self._evaluate(end))
             history[-1].update(final)
             self._report(end - 1, end, final, None)
         return history
+
+    def _refresh_end(self, end: int) -> int:
+        """In a cluster, follow a changed ``spec.rollout.numRollout`` (the one mutable run length)."""
+        if self.config.num_rollout is None or self.options.max_rollouts is not None:
+            return end
+        desired = self.reporter.desired_num_rollout()
+        if desired is not None and desired != end:
+            log.info("spec.rollout.numRollout changed: %d -> %d", end, desired)
+            return desired
+        return end
 
     def _log_samples(self, rollout_id: int, groups: list[list[Sample]]) -> None:
         record = {

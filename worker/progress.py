@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -99,8 +100,12 @@ class StatusReporter:
 
     def __init__(self, target: ApiTarget | None, client_cert: tuple[str, str] | None = None) -> None:
         self.target = target
+        verify = (
+            ssl.create_default_context(cafile=target.ca_file)
+            if target and isinstance(target.ca_file, str) else True
+        )
         self._client = (
-            httpx.Client(verify=target.ca_file, cert=client_cert, timeout=10.0) if target else None
+            httpx.Client(verify=verify, cert=client_cert, timeout=10.0) if target else None
         )
 
     def report(self, report: ProgressReport, now: datetime | None = None) -> bool:
@@ -123,6 +128,24 @@ class StatusReporter:
             if response.status_code < 500 and response.status_code != 429:
                 return False
         return False
+
+    def desired_num_rollout(self) -> int | None:
+        """Read ``spec.rollout.numRollout`` of the live job (the user may raise or lower it mid-run).
+
+        The driver's Role allows get on ``rltrainingjobs/status``, which returns the whole object.
+        """
+        if self.target is None or self._client is None:
+            return None
+        headers = {"Authorization": f"Bearer {self.target.token}"} if self.target.token else {}
+        try:
+            response = self._client.get(self.target.status_url, headers=headers)
+        except httpx.HTTPError as exc:
+            log.warning("reading the job failed: %s", exc)
+            return None
+        if response.status_code != 200:
+            return None
+        value = response.json().get("spec", {}).get("rollout", {}).get("numRollout")
+        return int(value) if isinstance(value, int) else None
 
     def close(self) -> None:
         if self._client is not None:
