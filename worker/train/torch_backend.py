@@ -211,7 +211,9 @@ class TorchBackend:
         return metrics
 
     def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        for name, tensor in self.model.state_dict().items():
+        # named_parameters drops tied duplicates (lm_head.weight when tied to the embeddings), which
+        # engines do not hold as separate parameters.
+        for name, tensor in self.model.named_parameters():
             yield name, tensor.detach()
 
     def export_hf_checkpoint(self, directory: Path) -> None:

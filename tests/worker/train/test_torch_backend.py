@@ -89,3 +89,25 @@ def test_save_and_load_restore_weights_and_optimizer(tiny_model_dir: Path, tmp_p
     assert restored.compute_logprobs(samples) == trainer.compute_logprobs(samples)
     assert restored.steps == 1
     assert restored.optimizer.state_dict()["state"].keys() == trainer.optimizer.state_dict()["state"].keys()
+
+
+async def test_tied_embeddings_sync_to_an_engine(tmp_path: Path) -> None:
+    """A model with tied input/output embeddings (SmolLM2, Qwen2.5-0.5B) exports each weight once."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from kuberl.worker.rollout.embedded_engine import EngineArgs, serve_in_thread
+    from kuberl.worker.weight_sync import push_tensors
+
+    config = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True,
+                         max_position_embeddings=64)
+    Qwen2ForCausalLM(config).save_pretrained(tmp_path)
+    trainer = backend(tmp_path)
+    names = [n for n, _ in trainer.named_weights()]
+    assert "lm_head.weight" not in names and "model.embed_tokens.weight" in names
+    handle = serve_in_thread(EngineArgs(model_path=str(tmp_path), port=0))
+    try:
+        stats = await push_tensors([handle.url], list(trainer.named_weights()), "1")
+        assert stats.version == "1"
+    finally:
+        handle.stop()
