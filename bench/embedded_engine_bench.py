@@ -76,6 +76,9 @@ def bench_engine(model_path: str, prompts: list[list[int]], new_tokens: int,
     handle = serve_in_thread(EngineArgs(model_path=model_path, port=0, device=device, dtype=dtype))
     try:
         tokens, elapsed = asyncio.run(_engine_run(handle.url, prompts, new_tokens))
+        c = handle.engine.scheduler.counters
+        print(f"  (engine run: {elapsed:.2f} s, {c['decode_steps']} decode steps, "
+              f"{c['prefill_batches']} prefill batches)")
     finally:
         handle.stop()
     return tokens / elapsed

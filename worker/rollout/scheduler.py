@@ -74,6 +74,7 @@ class Scheduler:
         max_running_requests: int = 256,
         max_prefill_tokens: int = 16384,
         seed: int = 0,
+        admit_window_s: float = 0.05,
     ) -> None:
         self.model = model
         self.device = next(model.parameters()).device
@@ -83,6 +84,7 @@ class Scheduler:
         self.max_running = max_running_requests
         self.max_prefill_tokens = max_prefill_tokens
         self._rng = torch.Generator(device=self.device).manual_seed(seed)
+        self.admit_window_s = admit_window_s
         self._commands: deque[Callable[[], None]] = deque()
         self._wake = threading.Event()
         self._waiting: deque[GenerationRequest] = deque()
@@ -93,7 +95,8 @@ class Scheduler:
         self._stopped = False
         self._thread = threading.Thread(target=self._loop, name="embedded-engine-step", daemon=True)
         self.last_output_time = 0.0
-        self.counters = {"generation_tokens": 0, "prompt_tokens": 0, "aborted": 0, "requests": 0}
+        self.counters = {"generation_tokens": 0, "prompt_tokens": 0, "aborted": 0, "requests": 0,
+                         "prefill_batches": 0, "decode_steps": 0}
         self.error: BaseException | None = None
 
     # ---- thread-safe API -------------------------------------------------------------------
@@ -163,8 +166,7 @@ class Scheduler:
         try:
             while not self._stopped:
                 self._wake.clear()
-                while self._commands:
-                    self._commands.popleft()()
+                self._drain_commands()
                 self._run_updates()
                 if not self._paused and not self._updates:
                     self._admit()
@@ -178,6 +180,22 @@ class Scheduler:
                 self._finish(r, {"type": "abort", "message": f"engine failed: {e!r}",
                                  "status_code": 500, "err_type": "InternalError"})
             raise
+
+    def _drain_commands(self) -> None:
+        """Apply queued commands. While requests keep arriving (a rollout's burst), wait up to
+        ``admit_window_s`` in short slices for the rest, so they are prefilled as one batch instead
+        of each arrival costing a small prefill and partial-batch decode steps."""
+        deadline = time.monotonic() + self.admit_window_s
+        while True:
+            arrived = False
+            while self._commands:
+                self._commands.popleft()()
+                arrived = True
+            if not (arrived and self._waiting) or time.monotonic() >= deadline:
+                return
+            self._wake.clear()
+            if not self._wake.wait(timeout=0.002):  # nothing new within 2 ms: the burst is over
+                return
 
     def _run_updates(self) -> None:
         while self._updates and (self._paused or not self._rows):
@@ -231,6 +249,7 @@ class Scheduler:
             tokens += len(nxt.input_ids)
         if not new:
             return
+        self.counters["prefill_batches"] += 1
         full = any(r.return_logprob and r.logprob_start_len >= 0 for r in new)
         logits, cache, mask = prefill(self.model, [r.input_ids for r in new], self.device, full)
         for r in new:
@@ -284,6 +303,7 @@ class Scheduler:
         return tokens.cpu(), logprobs.cpu()
 
     def _decode(self) -> None:
+        self.counters["decode_steps"] += 1
         logits = self._batch.decode(self.model)  # (B, V)
         tokens, logprobs = self._choose(self._rows, logits)
         self._batch.next_tokens = tokens.to(self.device)
