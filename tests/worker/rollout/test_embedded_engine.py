@@ -213,3 +213,27 @@ async def test_distributed_update_over_gloo_from_a_trainer_rank(thread_engine):
     vocab = thread_engine.engine.model.config.vocab_size
     assert out.weight_version == "d1"
     assert abs(out.logprobs[0] + torch.log(torch.tensor(float(vocab)))) < 1e-4
+
+
+async def test_glm4_model_is_served_with_forward_pass_logprobs(tmp_path):
+    """The reference workload's family (GLM4) through the same engine."""
+    from transformers import AutoModelForCausalLM
+
+    from kuberl.worker.rollout.embedded_engine import EngineArgs, serve_in_thread
+    from kuberl.worker.tiny_model import build_tiny_model
+
+    path = build_tiny_model(tmp_path / "glm4", "glm4", seed=0)
+    handle = serve_in_thread(EngineArgs(model_path=str(path), port=0))
+    try:
+        async with EngineClient(handle.url) as c:
+            out = await c.generate(PROMPTS[1], GREEDY)
+            info = await c.model_info()
+    finally:
+        handle.stop()
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    ids = torch.tensor([PROMPTS[1] + out.output_ids])
+    with torch.no_grad():
+        logits = model(ids).logits[0, len(PROMPTS[1]) - 1 : -1]
+    ref = torch.log_softmax(logits, -1).gather(1, torch.tensor(out.output_ids)[:, None]).squeeze(1)
+    assert info["model_type"] == "glm4"
+    assert torch.allclose(torch.tensor(out.logprobs), ref, atol=1e-4)
