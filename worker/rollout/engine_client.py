@@ -79,12 +79,20 @@ class GenerateOutput:
             logprobs=logprobs,
             finish_reason=reason,
             weight_version=None if version is None else str(version),
-            weight_versions=list(meta.get("weight_versions") or []),
+            weight_versions=[_span(s) for s in meta.get("weight_versions") or []],
             text=body.get("text") or "",
             prompt_tokens=meta.get("prompt_tokens"),
             input_logprobs=None if inputs is None else [e[0] for e in inputs],
             meta_info=meta,
         )
+
+
+def _span(span: Any) -> dict[str, Any]:
+    """A weight-version span as ``{"version", "start", "end"}`` (some SGLang builds send triples)."""
+    if isinstance(span, dict):
+        return {"version": str(span["version"]), "start": int(span["start"]), "end": int(span["end"])}
+    version, start, end = span
+    return {"version": str(version), "start": int(start), "end": int(end)}
 
 
 def error_message(response: httpx.Response) -> str:

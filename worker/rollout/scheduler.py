@@ -22,7 +22,7 @@ from kuberl.worker.rollout.kv_batch import KVBatch, prefill
 from kuberl.worker.rollout.sampling import SamplingParams, choose_tokens
 
 ABORT_WAITING = "Abort in waiting queue"
-ABORT_RUNNING = "Abort request while generating"
+ABORT_RUNNING = "Aborted"  # SGLang's FINISH_ABORT default; clients match on it
 
 
 @dataclass

@@ -43,6 +43,14 @@ def test_generate_output_refuses_disagreeing_tokens_and_unknown_finish():
         GenerateOutput.from_json({"meta_info": {"finish_reason": {"type": "weird"}}})
 
 
+def test_weight_version_spans_are_read_as_dicts_or_triples():
+    meta = {"finish_reason": {"type": "length"}, "weight_versions": [["1", 0, 2],
+                                                                    {"version": 2, "start": 2, "end": 5}]}
+    out = GenerateOutput.from_json({"meta_info": meta})
+    assert out.weight_versions == [{"version": "1", "start": 0, "end": 2},
+                                   {"version": "2", "start": 2, "end": 5}]
+
+
 def test_queued_abort_output_with_reduced_meta_info_parses():
     out = GenerateOutput.from_json({"meta_info": {
         "id": "x", "finish_reason": {"type": "abort", "message": "Abort in waiting queue"},
