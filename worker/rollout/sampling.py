@@ -89,13 +89,15 @@ def choose_tokens(
     generators: list[torch.Generator | None],
     banned: list[list[int]] | None = None,
     generator: torch.Generator | None = None,
+    original_logprobs: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """logits (B, V) -> (token ids (B,), their logprobs (B,)) with each row's own parameters.
 
     Rows with a generator of their own (``sampling_seed``) draw from it, so their samples do not
     depend on the batch; the others share ``generator`` in one batched draw. ``banned`` lists per
     row the token ids that may not be chosen yet (stop tokens before ``min_new_tokens``); they are
-    removed from the choice only, not from the reported logprob. No host sync inside.
+    removed from the choice only, not from the reported logprob. ``original_logprobs`` reports
+    logprobs of the unscaled logits (SGLang's ``SGLANG_RETURN_ORIGINAL_LOGPROB``). No host sync inside.
     """
     # logits (B, V)
     logits = logits.float()
@@ -104,7 +106,7 @@ def choose_tokens(
         [1.0 if p.greedy else p.temperature for p in params], dtype=logits.dtype, device=device
     )  # (B,)
     scaled = logits / temps[:, None]  # (B, V)
-    logprobs_all = torch.log_softmax(scaled, dim=-1)  # (B, V)
+    logprobs_all = torch.log_softmax(logits if original_logprobs else scaled, dim=-1)  # (B, V)
     pick = scaled
     if banned and any(banned):
         rows = [i for i, b in enumerate(banned) for _ in b]

@@ -8,6 +8,7 @@ pause modes, and the writer-lock rule for weight updates.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import deque
@@ -85,6 +86,9 @@ class Scheduler:
         self.max_prefill_tokens = max_prefill_tokens
         self._rng = torch.Generator(device=self.device).manual_seed(seed)
         self.admit_window_s = admit_window_s
+        # SGLang's switch for logprobs before temperature scaling; same name, same default (off)
+        self.original_logprobs = os.environ.get("SGLANG_RETURN_ORIGINAL_LOGPROB", "").lower() in (
+            "1", "true", "yes")
         self._commands: deque[Callable[[], None]] = deque()
         self._wake = threading.Event()
         self._waiting: deque[GenerationRequest] = deque()
@@ -298,7 +302,8 @@ class Scheduler:
             for r in rows
         ]
         tokens, logprobs = choose_tokens(
-            logits, [r.params for r in rows], [r.generator for r in rows], banned, self._rng
+            logits, [r.params for r in rows], [r.generator for r in rows], banned, self._rng,
+            self.original_logprobs,
         )
         return tokens.cpu(), logprobs.cpu()
 

@@ -24,6 +24,13 @@ def test_logprob_is_under_the_temperature_scaled_distribution_before_filtering()
     assert torch.allclose(lp, torch.log_softmax(logits / 0.5, -1)[0, tok])
 
 
+def test_original_logprobs_ignore_the_temperature():
+    logits = torch.randn(1, 50)
+    tok, lp = choose_tokens(logits, [SamplingParams(temperature=0.5)], gens(1),
+                            original_logprobs=True)
+    assert torch.allclose(lp, torch.log_softmax(logits, -1)[0, tok])
+
+
 @pytest.mark.parametrize("params", [SamplingParams(top_k=2), SamplingParams(top_p=0.6),
                                     SamplingParams(min_p=0.5)])
 def test_filters_only_sample_from_the_allowed_tokens(params):
