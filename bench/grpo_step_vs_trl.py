@@ -76,6 +76,8 @@ def _job_manifest(build: Path, args: argparse.Namespace) -> dict[str, Any]:
         batchSize=args.prompts, nSamplesPerPrompt=args.samples,
         maxResponseLen=args.max_completion_length, temperature=args.temperature,
     )
+    if args.max_tokens_per_gpu:
+        spec["perf"]["maxTokensPerGpu"] = args.max_tokens_per_gpu
     return job
 
 
@@ -181,7 +183,8 @@ def _forwarded(args: argparse.Namespace) -> list[str]:
             "--samples", str(args.samples), "--max-completion-length", str(args.max_completion_length),
             "--temperature", str(args.temperature), "--trl-threads", str(args.trl_threads)] + (
             ["--hidden-size", str(args.hidden_size), "--layers", str(args.layers)]
-            if args.hidden_size else [])
+            if args.hidden_size else []) + (
+            ["--max-tokens-per-gpu", str(args.max_tokens_per_gpu)] if args.max_tokens_per_gpu else [])
 
 
 def _summary(step_s: list[float]) -> str:
@@ -202,7 +205,9 @@ def _report(args: argparse.Namespace, ours: dict[str, Any], trl: dict[str, Any],
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, load average {load[0]:.1f} before / "
           f"{load[1]:.1f} after; torch {torch.__version__}, transformers {transformers.__version__}, "
           f"trl {trl_pkg.__version__}; TRL torch threads {args.trl_threads}")
-    print(f"steps: {args.warmup} warm-up dropped, {args.steps} measured per side")
+    budget = args.max_tokens_per_gpu or 4096
+    print(f"steps: {args.warmup} warm-up dropped, {args.steps} measured per side; kuberl packs "
+          f"micro-batches of <= {budget} tokens, TRL trains the batch as one micro-batch")
     print()
     print(f"{'side':<8} {'mean s':>7} {'median':>7} {'min':>7} {'max':>7} {'resp len':>9}")
     print(f"{'kuberl':<8} {_summary(ours['step_s'])} {ours['response_len']:9.2f}")
@@ -227,6 +232,9 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--trl-threads", type=int, default=1,
                         help="torch threads in the TRL process (kuberl's Ray actors get 1 each)")
+    parser.add_argument("--max-tokens-per-gpu", type=int, default=None,
+                        help="kuberl's micro-batch token budget (default: examples/tiny's 4096); TRL "
+                             "always trains the whole batch as one micro-batch")
     parser.add_argument("--hidden-size", type=int, default=None,
                         help="instead of examples/tiny's model (hidden 64, 2 layers, context 64), a "
                              "wider GLM4 from kuberl.worker.tiny_model (BPE tokenizer, context 512) on "

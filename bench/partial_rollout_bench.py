@@ -150,15 +150,18 @@ def _report(args: argparse.Namespace, model_dir: Path, figures: dict[str, ModeFi
           + "/".join(str(_pct(lengths, q)) for q in (0.1, 0.5, 0.9, 0.99, 1.0)))
     print()
     header = (f"{'partial rollout':<16}{'wall s/rollout':>15}{'generated':>11}{'wasted':>9}"
-              f"{'reused':>9}{'kept':>9}{'aborted':>9}{'resumed':>9}{'dropped':>9}{'waves':>7}")
+              f"{'reused':>9}{'kept':>9}{'kept len':>9}{'kept tok/s':>11}{'aborted':>9}"
+              f"{'resumed':>9}{'dropped':>9}{'waves':>7}")
     print(header)
     for mode in MODES:
         f = figures[mode]
         print(f"{mode:<16}{statistics.fmean(f.wall_s):15.2f}{f.generated_tokens:11d}"
-              f"{f.tokens_wasted:9d}{f.tokens_reused:9d}{f.kept_tokens:9d}{f.aborted_samples:9d}"
+              f"{f.tokens_wasted:9d}{f.tokens_reused:9d}{f.kept_tokens:9d}"
+              f"{statistics.fmean(f.lengths):9.1f}{f.kept_tokens / sum(f.wall_s):11.0f}"
+              f"{f.aborted_samples:9d}"
               f"{f.resumed_samples:9d}{f.dropped_groups:9d}{f.waves:7d}")
     print("(tokens summed over all rollouts; generated = produced by the engine, resumed continuations "
-          "included; kept = response tokens handed to training)")
+          "included; kept = response tokens handed to training, kept len = their mean per sample)")
     off, on = figures["off"], figures["on"]
     wall_off, wall_on = statistics.fmean(off.wall_s), statistics.fmean(on.wall_s)
     saved = 1 - wall_on / wall_off
