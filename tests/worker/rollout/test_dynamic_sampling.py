@@ -21,6 +21,9 @@ from kuberl.worker.rollout.partial_rollout_buffer import PartialRolloutBuffer
 from kuberl.worker.rollout.sample import Sample, SampleStatus
 
 G = 4
+# Long enough that no group finishes during the 1 s a slow grader holds the target back, whatever the
+# machine's speed (the tiny model's context is 1024 tokens).
+LONG = 900
 
 
 def source(prompt_ids: list[int]) -> tuple[Callable[[int], list[list[Sample]]], list[int]]:
@@ -39,11 +42,11 @@ def source(prompt_ids: list[int]) -> tuple[Callable[[int], list[list[Sample]]], 
 
 
 def reward_by_group(rule: Callable[[int, int], float], slow_group: int | None = None):
-    """Grade by (group, position); grading ``slow_group`` takes 3 s so others generate meanwhile."""
+    """Grade by (group, position); grading ``slow_group`` takes 1 s so others generate meanwhile."""
 
     async def grade(group: list[Sample]) -> None:
         if group[0].group_index == slow_group:
-            await asyncio.sleep(3.0)
+            await asyncio.sleep(1.0)
         for k, s in enumerate(group):
             s.reward = rule(s.group_index, k)
 
@@ -87,13 +90,13 @@ async def test_target_reached_aborts_in_flight_and_keeps_partials(endpoint, prom
         s.status = SampleStatus.COMPLETED
     buffer.put(done)
     result = await collect_rollout(
-        endpoint, 3, settings(target_groups=1, over_sampling_groups=6, max_new_tokens=400,
+        endpoint, 3, settings(target_groups=1, over_sampling_groups=6, max_new_tokens=LONG,
                               partial_rollout=True),
         next_groups, reward_by_group(lambda g, k: float(k), slow_group=999), buffer,
     )
     assert [g[0].group_index for g in result.groups] == [999]
     assert result.aborted_samples > 0
-    partial = [s for g in buffer.groups for s in g if 0 < s.response_length < 400]
+    partial = [s for g in buffer.groups for s in g if 0 < s.response_length < LONG]
     assert partial, "aborted samples should keep their partial tokens"
     for s in partial:
         assert s.status == SampleStatus.PENDING
@@ -119,7 +122,7 @@ async def test_resumed_samples_concatenate_tokens_and_logprobs(endpoint, prompt_
     buffer = PartialRolloutBuffer()
     buffer.put(finished_group(prompt_ids, 999))
     await collect_rollout(
-        endpoint, 0, settings(target_groups=1, over_sampling_groups=4, max_new_tokens=300,
+        endpoint, 0, settings(target_groups=1, over_sampling_groups=4, max_new_tokens=LONG,
                               partial_rollout=True),
         next_groups, reward_by_group(lambda g, k: float(k), slow_group=999), buffer,
     )
@@ -129,7 +132,7 @@ async def test_resumed_samples_concatenate_tokens_and_logprobs(endpoint, prompt_
     buffered = len(buffer)
     result = await collect_rollout(
         endpoint, 1, settings(target_groups=buffered, over_sampling_groups=buffered,
-                              max_new_tokens=300, partial_rollout=True),
+                              max_new_tokens=LONG, partial_rollout=True),
         lambda n: [], reward_by_group(lambda g, k: float(k)), buffer,
     )
     finished = {s.index: s for g in result.groups for s in g}
@@ -137,8 +140,8 @@ async def test_resumed_samples_concatenate_tokens_and_logprobs(endpoint, prompt_
     for index, (ids, logprobs) in partial.items():
         s = finished[index]
         assert s.response_ids[: len(ids)] == ids and s.response_logprobs[: len(ids)] == logprobs
-        assert s.response_length == 300  # ignore_eos: the whole budget, counted across both turns
-        assert len(s.response_logprobs) == 300
+        assert s.response_length == LONG  # ignore_eos: the whole budget, across both turns
+        assert len(s.response_logprobs) == LONG
         assert s.metadata["start_rollout_id"] == 0
 
 
@@ -151,7 +154,7 @@ async def test_without_partial_rollout_aborted_prompts_are_requeued_not_lost(end
         s.status = SampleStatus.COMPLETED
     buffer.put(done)
     result = await collect_rollout(
-        endpoint, 0, settings(target_groups=1, over_sampling_groups=4, max_new_tokens=400),
+        endpoint, 0, settings(target_groups=1, over_sampling_groups=4, max_new_tokens=LONG),
         next_groups, reward_by_group(lambda g, k: float(k)), buffer,
     )
     assert result.aborted_samples > 0 and result.tokens_wasted >= 0
