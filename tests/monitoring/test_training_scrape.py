@@ -87,8 +87,9 @@ def test_exported_reward_is_the_logged_one(live_run) -> None:
     assert float(rollout["value"][1]) == ROLLOUTS - 1
 
 
-@pytest.mark.xfail(strict=False, reason="the driver does not report time/reward_s and train/kl yet, and "
-                                        "counters without increments (no partial rollout here) have no series")
+@pytest.mark.xfail(strict=False, reason="this short tiny run has no reference model (train/kl) and no "
+                                        "drops or aborts, so the dynamic-sampling and buffer counters never "
+                                        "increment; the other series are asserted by the panel test")
 def test_driver_reports_every_metric_of_its_table(live_run) -> None:
     _, _, reported, _ = live_run
     assert not [m.key for m in METRICS if m.key not in reported]
