@@ -7,7 +7,7 @@ extras="${1:-operator,worker,dev}"
 
 pick_python() {
   for candidate in python3.12 "$HOME/.pyenv/versions/3.12"*/bin/python3.12 python3.11 python3; do
-    if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    if command -v "$candidate" >/dev/null 2>&1 && (cd / && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))') 2>/dev/null; then
       echo "$candidate"; return 0
     fi
   done
@@ -18,7 +18,10 @@ pick_python() {
 if [ ! -x .venv/bin/python ]; then
   py="$(pick_python)"
   echo "creating .venv with $("$py" --version)" >&2
-  "$py" -m venv .venv
+  # Run from / : with the repository as the working directory, `python -m` would put it first on sys.path
+  # and its operator/ folder would shadow the standard library's `operator` module.
+  repo="$(pwd)"
+  (cd / && "$py" -m venv "$repo/.venv")
 fi
 if [ ! -x .venv/bin/uv ]; then
   .venv/bin/pip install --quiet uv

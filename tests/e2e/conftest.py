@@ -46,4 +46,6 @@ def tiny_job(build: Path, run_root: Path, **spec_overrides: Any) -> Path:
 
 
 def kuberl_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "kuberl.cli.main", *args]
+    """The installed console script (not ``python -m`` from the repository root, where the top-level
+    ``operator/`` folder would shadow the standard library for a bare interpreter)."""
+    return [str(Path(sys.executable).parent / "kuberl"), *args]
