@@ -53,6 +53,9 @@ class ModeFigures:
     dropped_groups: int = 0
     waves: int = 0
     lengths: list[int] = field(default_factory=list)  # response lengths of kept samples
+    # Per rollout, the most tokens any kept sample generated in it: about the decode steps the rollout
+    # had to wait for, a load-independent proxy for its wall time.
+    critical_tokens: list[int] = field(default_factory=list)
 
 
 def _free_port() -> int:
@@ -111,6 +114,7 @@ async def run_mode(url: str, partial: bool, args: argparse.Namespace, prompts: l
     endpoint = EngineBalancer([EngineClient(url)])
     try:
         for rollout_id in range(args.rollouts):
+            before = {s.index: s.response_length for g in buffer.groups for s in g}
             r = await collect_rollout(endpoint, rollout_id, settings, source, _grade_parity, buffer,
                                       check_reward_nonzero_std)
             figures.wall_s.append(r.wall_s)
@@ -124,6 +128,8 @@ async def run_mode(url: str, partial: bool, args: argparse.Namespace, prompts: l
             kept = [s.response_length for g in r.groups for s in g]
             figures.kept_tokens += sum(kept)
             figures.lengths += kept
+            figures.critical_tokens.append(max(
+                s.response_length - before.get(s.index, 0) for g in r.groups for s in g))
     finally:
         await endpoint.aclose()
 
@@ -158,10 +164,12 @@ def _report(args: argparse.Namespace, model_dir: Path, figures: dict[str, ModeFi
         print(f"{mode:<16}{statistics.fmean(f.wall_s):15.2f}{f.generated_tokens:11d}"
               f"{f.tokens_wasted:9d}{f.tokens_reused:9d}{f.kept_tokens:9d}"
               f"{statistics.fmean(f.lengths):9.1f}{f.kept_tokens / sum(f.wall_s):11.0f}"
+              f"{statistics.fmean(f.critical_tokens):9.1f}"
               f"{f.aborted_samples:9d}"
               f"{f.resumed_samples:9d}{f.dropped_groups:9d}{f.waves:7d}")
     print("(tokens summed over all rollouts; generated = produced by the engine, resumed continuations "
-          "included; kept = response tokens handed to training, kept len = their mean per sample)")
+          "included; kept = response tokens handed to training, kept len = their mean per sample; critical = mean per rollout of the most "
+          "tokens one kept sample generated in that rollout, about the decode steps waited for)")
     off, on = figures["off"], figures["on"]
     wall_off, wall_on = statistics.fmean(off.wall_s), statistics.fmean(on.wall_s)
     saved = 1 - wall_on / wall_off
@@ -170,6 +178,9 @@ def _report(args: argparse.Namespace, model_dir: Path, figures: dict[str, ModeFi
     print("per-rollout wall s, on : " + " ".join(f"{w:.2f}" for w in on.wall_s))
     print(f"rollout wall time with partial rollout: {wall_on / wall_off:.2f}x of without "
           f"({saved:+.1%} less; target >= 25% less: {'met' if saved >= 0.25 else 'not met'})")
+    print(f"critical path with partial rollout: "
+          f"{statistics.fmean(on.critical_tokens) / statistics.fmean(off.critical_tokens):.2f}x "
+          "of without (decode steps, independent of machine load)")
     print(f"engine tokens per kept token: off {off.generated_tokens / max(1, off.kept_tokens):.2f}, "
           f"on {on.generated_tokens / max(1, on.kept_tokens):.2f}")
 
