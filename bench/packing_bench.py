@@ -32,7 +32,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from kuberl.worker.algo.packing import fixed_micro_batches, plan_step, token_budget
+from kuberl.worker.algo.packing import first_fit, fixed_micro_batches, plan_step, token_budget
 
 NUM_SEQUENCES = 256
 MEDIANS = (1536, 3072, 5120)
@@ -82,18 +82,8 @@ def next_fit(lengths: Sequence[int], budget: int) -> list[list[int]]:
 
 
 def first_fit_in_order(lengths: Sequence[int], budget: int) -> list[list[int]]:
-    bins: list[list[int]] = []
-    room: list[int] = []
-    for i, n in enumerate(lengths):
-        for b, free in enumerate(room):
-            if n <= free:
-                bins[b].append(i)
-                room[b] -= n
-                break
-        else:
-            bins.append([i])
-            room.append(budget - n)
-    return bins
+    """slime's packer: first fit in arrival order (no sorting)."""
+    return first_fit(range(len(lengths)), lengths, budget)
 
 
 def round_robin(bins: list[list[int]], dp: int) -> Schedule:

@@ -33,16 +33,8 @@ def token_budget(max_tokens_per_gpu: int, cp_size: int = 1) -> int:
     return max_tokens_per_gpu * cp_size
 
 
-def pack_micro_batches(lengths: Sequence[int], budget: int) -> list[list[int]]:
-    """Return micro-batches (lists of sample indices) of at most ``budget`` tokens, first-fit decreasing.
-
-    Samples are placed longest first into the first micro-batch with room; a sample over the budget
-    opens a micro-batch alone. Deterministic: ties break by sample index; indices inside a micro-batch
-    are ascending.
-    """
-    if budget <= 0:
-        raise ValueError(f"token budget must be positive, got {budget}")
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+def first_fit(order: Sequence[int], lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """Place samples, in ``order``, into the first micro-batch with room; over-budget ones go alone."""
     bins: list[list[int]] = []
     room: list[int] = []
     for i in order:
@@ -55,7 +47,20 @@ def pack_micro_batches(lengths: Sequence[int], budget: int) -> list[list[int]]:
         else:
             bins.append([i])
             room.append(budget - n)
-    return [sorted(b) for b in bins]
+    return bins
+
+
+def pack_micro_batches(lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """Return micro-batches (lists of sample indices) of at most ``budget`` tokens, first-fit decreasing.
+
+    Samples are placed longest first into the first micro-batch with room; a sample over the budget
+    opens a micro-batch alone. Deterministic: ties break by sample index; indices inside a micro-batch
+    are ascending.
+    """
+    if budget <= 0:
+        raise ValueError(f"token budget must be positive, got {budget}")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [sorted(b) for b in first_fit(order, lengths, budget)]
 
 
 def fixed_micro_batches(num_samples: int, micro_batch_size: int) -> list[list[int]]:
