@@ -126,22 +126,13 @@ def fill_advantages(
         s.advantages = adv.tolist()
 
 
-class Grader:
-    """Grades groups in place through a process pool shared by training and eval."""
-
-    def __init__(self, scorer: Scorer) -> None:
-        self.scorer = scorer
-
-    async def grade_group(self, group: list[Sample]) -> None:
-        await self.scorer.score(group)
-
-
-def build_grader(config: WorkerConfig, pool: GradingPool, rm_type: str | None = None) -> Grader:
+def build_grader(config: WorkerConfig, pool: GradingPool, rm_type: str | None = None) -> Scorer:
+    """A scorer that grades samples in place through the process pool shared by training and eval."""
     reward = RewardConfig(
         rm_type=rm_type or config.rm_type, custom_rm_path=config.custom_rm_path,
         rm_url=config.rm_url, group_rm=config.group_rm,
     )
-    return Grader(Scorer(reward, pool, args=config))
+    return Scorer(reward, pool, args=config)
 
 
 def load_hook(path: str | None, field: str) -> Any:
@@ -267,7 +258,7 @@ class Driver:
         endpoint = self._endpoint()
         try:
             return await collect_rollout(
-                endpoint, rollout_id, settings, self.prompts.next_groups, self.grader.grade_group,
+                endpoint, rollout_id, settings, self.prompts.next_groups, self.grader.score,
                 self.buffer, self.group_filter, self.config, decode=self.prompts.decode,
             )
         finally:
@@ -304,7 +295,7 @@ class Driver:
             endpoint = self._endpoint()
             try:
                 result = await collect_rollout(
-                    endpoint, rollout_id, settings, source.next_groups, grader.grade_group,
+                    endpoint, rollout_id, settings, source.next_groups, grader.score,
                     PartialRolloutBuffer(), decode=source.decode,
                 )
             finally:
