@@ -31,6 +31,7 @@ import random
 import socket
 import statistics
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,8 @@ class ModeFigures:
     # Per rollout, the most tokens any kept sample generated in it: about the decode steps the rollout
     # had to wait for, a load-independent proxy for its wall time.
     critical_tokens: list[int] = field(default_factory=list)
+    # Per rollout, seconds from the target being reached to collect_rollout returning (aborts, draining).
+    drain_s: list[float] = field(default_factory=list)
 
 
 def _free_port() -> int:
@@ -92,6 +95,17 @@ async def _grade_parity(group: list[Any]) -> None:
         s.reward = float(s.response_length % 2 == 0)
 
 
+def _timed_grader(kept_at: list[float]) -> Any:
+    """The parity grader, also noting when each group that the filter will keep was graded."""
+
+    async def grade(group: list[Any]) -> None:
+        await _grade_parity(group)
+        if len({s.reward for s in group}) > 1:
+            kept_at.append(time.perf_counter())
+
+    return grade
+
+
 async def run_mode(url: str, partial: bool, args: argparse.Namespace, prompts: list[list[int]],
                    figures: ModeFigures) -> None:
     """``args.rollouts`` consecutive rollouts with one buffer, as the driver runs them."""
@@ -115,8 +129,12 @@ async def run_mode(url: str, partial: bool, args: argparse.Namespace, prompts: l
     try:
         for rollout_id in range(args.rollouts):
             before = {s.index: s.response_length for g in buffer.groups for s in g}
-            r = await collect_rollout(endpoint, rollout_id, settings, source, _grade_parity, buffer,
-                                      check_reward_nonzero_std)
+            kept_at: list[float] = []
+            t0 = time.perf_counter()
+            r = await collect_rollout(endpoint, rollout_id, settings, source, _timed_grader(kept_at),
+                                      buffer, check_reward_nonzero_std)
+            if len(kept_at) >= args.target_groups:
+                figures.drain_s.append(r.wall_s - (kept_at[args.target_groups - 1] - t0))
             figures.wall_s.append(r.wall_s)
             figures.generated_tokens += r.generated_tokens
             figures.tokens_wasted += r.tokens_wasted
@@ -164,12 +182,13 @@ def _report(args: argparse.Namespace, model_dir: Path, figures: dict[str, ModeFi
         print(f"{mode:<16}{statistics.fmean(f.wall_s):15.2f}{f.generated_tokens:11d}"
               f"{f.tokens_wasted:9d}{f.tokens_reused:9d}{f.kept_tokens:9d}"
               f"{statistics.fmean(f.lengths):9.1f}{f.kept_tokens / sum(f.wall_s):11.0f}"
-              f"{statistics.fmean(f.critical_tokens):9.1f}"
+              f"{statistics.fmean(f.critical_tokens):9.1f}{statistics.fmean(f.drain_s or [0]):8.2f}"
               f"{f.aborted_samples:9d}"
               f"{f.resumed_samples:9d}{f.dropped_groups:9d}{f.waves:7d}")
     print("(tokens summed over all rollouts; generated = produced by the engine, resumed continuations "
           "included; kept = response tokens handed to training, kept len = their mean per sample; critical = mean per rollout of the most "
-          "tokens one kept sample generated in that rollout, about the decode steps waited for)")
+          "tokens one kept sample generated in that rollout, about the decode steps waited for; "
+          "drain s = mean seconds from the target being reached to the rollout returning)")
     off, on = figures["off"], figures["on"]
     wall_off, wall_on = statistics.fmean(off.wall_s), statistics.fmean(on.wall_s)
     saved = 1 - wall_on / wall_off
