@@ -10,9 +10,9 @@ path: ``collect_rollout`` over HTTP, aborts at the engine).
 The long tail comes from the model itself: a random-initialised tiny model sampled at temperature 1,
 with ``--stop-tokens`` ordinary token ids (besides EOS) as stop tokens and a large ``--max-new-tokens``.
 Its sharpened output layer makes it drift between a few attractors, so a response ends when it first
-samples a stop token: most end within tens of tokens, a few run for hundreds, and some hit the cap (for
-the defaults, samples p50 about 60, p90 about 230; group maxima p50 about 150, max 384). The table prints
-the percentiles the run actually saw. The filter keeps the DAPO shape (drop a group whose
+samples a stop token: most end within tens of tokens, a few run for hundreds, and some hit the cap (with
+the defaults, kept samples p50 about 50, p90 about 150, p99 about 300). The run prints the percentiles it
+actually saw. The filter keeps the DAPO shape (drop a group whose
 rewards are all equal) with a cheap reward, the parity of the response length, so it drops about
 2/2^G of the groups independent of the mode.
 
