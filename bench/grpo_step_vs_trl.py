@@ -13,7 +13,7 @@ What one step includes:
           in it; evaluation and checkpoints are off.
   TRL     one ``GRPOTrainer`` optimizer step, timed by a callback from ``on_step_begin`` to
           ``on_step_end``: ``model.generate`` on the whole batch, the reward function (in-process), the
-          loss forward/backward and the optimizer step. With ``num_iterations=1`` TRL skips the separate
+          loss forward/backward and the optimizer step (split as generate+score and the update). With ``num_iterations=1`` TRL skips the separate
           old-logprob pass (it uses the detached current logprobs); there is no weight sync (one model).
 
     .venv/bin/python bench/grpo_step_vs_trl.py [--steps 5] [--warmup 1] [--max-completion-length 3]
@@ -145,9 +145,20 @@ def run_trl(build: Path, args: argparse.Namespace) -> dict[str, Any]:
         use_cpu=True, bf16=False, report_to="none", save_strategy="no",
         logging_steps=1, disable_tqdm=True, seed=0, dataloader_num_workers=0,
     )
+    generate_s: list[float] = []
+
+    class TimedGRPOTrainer(GRPOTrainer):
+        """Notes the seconds spent generating and scoring (the rest of a step is the update)."""
+
+        def _generate_and_score_completions(self, *a: Any, **kw: Any) -> Any:
+            t0 = time.perf_counter()
+            out = super()._generate_and_score_completions(*a, **kw)
+            generate_s.append(time.perf_counter() - t0)
+            return out
+
     timer = StepTimer()
     model_dir = build / "model"
-    trainer = GRPOTrainer(
+    trainer = TimedGRPOTrainer(
         model=AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32),
         reward_funcs=f1_reward,
         args=config,
@@ -157,8 +168,11 @@ def run_trl(build: Path, args: argparse.Namespace) -> dict[str, Any]:
     )
     trainer.train()
     logs = [h for h in trainer.state.log_history if "reward" in h]
+    generate = statistics.fmean(generate_s[args.warmup:])
     return {
         "step_s": timer.seconds[args.warmup:],
+        "stages": {"time/generate+score_s": generate,
+                   "time/update_s": statistics.fmean(timer.seconds[args.warmup:]) - generate},
         "reward": [h["reward"] for h in logs],
         "response_len": statistics.fmean(h["completions/mean_length"] for h in logs[args.warmup:]),
     }
@@ -213,8 +227,9 @@ def _report(args: argparse.Namespace, ours: dict[str, Any], trl: dict[str, Any],
     print(f"{'kuberl':<8} {_summary(ours['step_s'])} {ours['response_len']:9.2f}")
     print(f"{'TRL':<8} {_summary(trl['step_s'])} {trl['response_len']:9.2f}")
     print()
-    stages = ", ".join(f"{k.split('/')[1][:-2]} {v:.3f}" for k, v in ours["stages"].items())
-    print(f"kuberl stages (mean s): {stages}")
+    for name, side in (("kuberl", ours), ("TRL", trl)):
+        stages = ", ".join(f"{k.split('/')[1][:-2]} {v:.3f}" for k, v in side["stages"].items())
+        print(f"{name} stages (mean s): {stages}")
     ratio = statistics.fmean(ours["step_s"]) / statistics.fmean(trl["step_s"])
     print(f"ratio kuberl/TRL (mean step time): {ratio:.2f}  (target <= 0.50: "
           f"{'met' if ratio <= 0.5 else 'not met'})")
