@@ -315,13 +315,16 @@ class Driver:
         c = self.config
         t0 = time.perf_counter()
         samples = to_train_samples(groups)
-        old = ray.get(self.trainer.compute_logprobs.remote(samples))
+        # With one optimizer step per rollout the old policy is the current weights, which the train
+        # step computes anyway: the separate pass is only needed for several steps or a KL penalty.
+        needs_old = c.num_steps_per_rollout > 1 or c.algorithm["kl_coef"] > 0
+        old = ray.get(self.trainer.compute_logprobs.remote(samples)) if needs_old else None
         needs_ref = (c.algorithm["use_kl_loss"] and c.algorithm["kl_loss_coef"] > 0) or (
             c.algorithm["kl_coef"] > 0
         )
         ref = ray.get(self.trainer.compute_logprobs.remote(samples, True)) if needs_ref else None
         for i, s in enumerate(samples):
-            s.old_logprobs = old[i]
+            s.old_logprobs = old[i] if old is not None else None
             s.ref_logprobs = ref[i] if ref is not None else None
         fill_advantages(samples, [float(s.reward or 0.0) for g in groups for s in g], c)
         t1 = time.perf_counter()

@@ -183,8 +183,10 @@ class TorchBackend:
             logprobs, entropies = self._forward(self.model, mb, with_entropy)
             loss, terms = losses.grpo_loss_sum(
                 logprobs=logprobs,
-                old_logprobs=[torch.tensor(s.old_logprobs if s.old_logprobs is not None
-                                           else s.rollout_logprobs) for s in mb],
+                # No old logprobs: the step is the first on these weights, so the recomputed old
+                # policy equals the current one (ratio 1 with gradient), as a separate pass would give.
+                old_logprobs=[torch.tensor(s.old_logprobs) if s.old_logprobs is not None
+                              else lp.detach() for s, lp in zip(mb, logprobs, strict=True)],
                 advantages=[torch.tensor(s.advantages) for s in mb],
                 loss_masks=[torch.tensor(s.loss_mask, dtype=torch.float32) for s in mb],
                 rollout_logprobs=[torch.tensor(s.rollout_logprobs) for s in mb]

@@ -111,3 +111,17 @@ async def test_tied_embeddings_sync_to_an_engine(tmp_path: Path) -> None:
         assert stats.version == "1"
     finally:
         handle.stop()
+
+
+def test_step_without_old_logprobs_equals_step_with_a_recomputed_pass(tiny_model_dir: Path) -> None:
+    """One step per rollout: skipping the old-logprob pass changes nothing (the old policy is current)."""
+    tokens = [[5, 6, 7, 8, 9, 10], [5, 6, 7, 11, 12]]
+    a, b = backend(tiny_model_dir), backend(tiny_model_dir)
+    with_pass = samples_for(tokens, [1.0, -1.0])
+    for s, lp in zip(with_pass, a.compute_logprobs(with_pass), strict=True):
+        s.old_logprobs = lp
+    ma = a.train_step(with_pass)
+    mb = b.train_step(samples_for(tokens, [1.0, -1.0]))
+    assert ma["train/grad_norm"] == pytest.approx(mb["train/grad_norm"], rel=1e-6)
+    for (name, pa), (_, pb) in zip(a.model.named_parameters(), b.model.named_parameters(), strict=True):
+        assert torch.allclose(pa, pb, atol=1e-7), name
