@@ -13,8 +13,9 @@ What one step includes:
           in it; evaluation and checkpoints are off.
   TRL     one ``GRPOTrainer`` optimizer step, timed by a callback from ``on_step_begin`` to
           ``on_step_end``: ``model.generate`` on the whole batch, the reward function (in-process), the
-          loss forward/backward and the optimizer step (split as generate+score and the update). With ``num_iterations=1`` TRL skips the separate
-          old-logprob pass (it uses the detached current logprobs); there is no weight sync (one model).
+          loss forward/backward and the optimizer step (split as generate+score and the update). With
+          ``num_iterations=1`` TRL skips the separate old-logprob pass (it uses the detached current
+          logprobs); there is no weight sync (one model).
 
     .venv/bin/python bench/grpo_step_vs_trl.py [--steps 5] [--warmup 1] [--max-completion-length 3]
 
