@@ -14,7 +14,8 @@ import json
 import random
 from pathlib import Path
 
-LETTERS = [chr(ord("a") + i) for i in range(16)]
+# b..q: the f1 grader drops English articles, so "a" could never score.
+LETTERS = [chr(ord("b") + i) for i in range(16)]
 SPECIALS = ["<|pad|>", "<|eos|>", "<|user|>", "<|assistant|>", "<|system|>"]
 CHAT_TEMPLATE = (
     "{% for m in messages %}"

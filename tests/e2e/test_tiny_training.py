@@ -32,8 +32,9 @@ def test_kuberl_train_raises_reward_on_the_tiny_task(easy_tiny_build: Path, tmp_
     rewards = [r["rollout/reward_mean"] for r in rows if "rollout/reward_mean" in r]
     assert len(rewards) == 30
     first, last = statistics.fmean(rewards[:5]), statistics.fmean(rewards[-5:])
-    # Chance is 0.25 (4 letters); a learning policy ends clearly above where it started.
-    assert last > first + 0.2, rewards
+    # Chance is about 0.06 (the random model spreads over ~22 tokens); the mean of five rollouts of
+    # 128 samples moves by ~0.01 from noise, so a rise of 0.15 is learning (typically 0.25+ here).
+    assert last > first + 0.15, rewards
     weight_versions = [r["progress/weight_version"] for r in rows if "progress/weight_version" in r]
     assert weight_versions == list(range(1, 31))
     for key in ("train/clip_fraction", "train/entropy", "train/grad_norm", "train/logprob_diff",
