@@ -14,7 +14,7 @@ import contextlib
 import logging
 import multiprocessing as mp
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -29,6 +29,10 @@ class GradingFailed(Exception):
     """The grading function raised; the message carries the child's exception."""
 
 
+_LOAD = "__load__"
+STARTUP_TIMEOUT_S = 300.0  # a fresh worker's interpreter start and imports (sympy) on a busy machine
+
+
 def _child(conn: Connection) -> None:
     import importlib
     import signal
@@ -41,11 +45,13 @@ def _child(conn: Connection) -> None:
             return
         target, args = msg
         try:
+            if target == _LOAD:  # import a grader before any deadline runs (start-up is not grading)
+                (target,) = args
             fn = cache.get(target)
             if fn is None:
                 module, _, attr = target.partition(":")
                 fn = cache[target] = getattr(importlib.import_module(module), attr)
-            conn.send(("ok", fn(*args)))
+            conn.send(("ok", None if msg[0] == _LOAD else fn(*args)))
         except BaseException as e:
             conn.send(("err", f"{type(e).__name__}: {e}"))
 
@@ -54,6 +60,7 @@ def _child(conn: Connection) -> None:
 class _Worker:
     proc: mp.process.BaseProcess
     conn: Connection
+    loaded: set[str] = field(default_factory=set)  # graders already imported in this process
 
 
 class GradingPool:
@@ -89,30 +96,49 @@ class GradingPool:
         return self._idle
 
     async def run(self, target: str, *args: Any, timeout_s: float | None = None) -> Any:
-        """Call ``target`` (``module:function``) in a worker; raises GradingTimeout / GradingFailed."""
+        """Call ``target`` (``module:function``) in a worker; raises GradingTimeout / GradingFailed.
+
+        The per-sample deadline covers the call only: a fresh worker first imports the grader under
+        the much longer ``STARTUP_TIMEOUT_S``, so start-up on a loaded machine never scores a sample 0.
+        """
         idle = self._ensure_started()
         worker = await idle.get()
-        loop = asyncio.get_running_loop()
-        ready: asyncio.Future[None] = loop.create_future()
-        fd = worker.conn.fileno()
+        deadline = timeout_s or self.timeout_s
         try:
-            worker.conn.send((target, args))
-            loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
-            try:
-                await asyncio.wait_for(ready, timeout_s or self.timeout_s)
-            finally:
-                loop.remove_reader(fd)
-            status, value = worker.conn.recv()
-        except (TimeoutError, EOFError, OSError, asyncio.CancelledError) as e:
+            if target not in worker.loaded:
+                await self._exchange(worker, (_LOAD, (target,)), STARTUP_TIMEOUT_S, target)
+                worker.loaded.add(target)
+            status, value = await self._exchange(worker, (target, args), deadline, target)
+        except (GradingTimeout, asyncio.CancelledError):
             self._replace(worker)
-            if isinstance(e, asyncio.CancelledError):
-                raise
-            raise GradingTimeout(f"{target} took longer than {timeout_s or self.timeout_s} s"
-                                 if isinstance(e, TimeoutError) else f"{target}: worker died") from e
+            raise
+        except GradingFailed:
+            idle.put_nowait(worker)  # the import failed; the process itself is fine
+            raise
         idle.put_nowait(worker)
         if status == "err":
             raise GradingFailed(f"{target}: {value}")
         return value
+
+    async def _exchange(self, worker: _Worker, msg: tuple[str, tuple[Any, ...]], timeout_s: float,
+                        target: str) -> tuple[str, Any]:
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+        fd = worker.conn.fileno()
+        try:
+            worker.conn.send(msg)
+            loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+            try:
+                await asyncio.wait_for(ready, timeout_s)
+            finally:
+                loop.remove_reader(fd)
+            status, value = worker.conn.recv()
+        except (TimeoutError, EOFError, OSError) as e:
+            raise GradingTimeout(f"{target} took longer than {timeout_s} s"
+                                 if isinstance(e, TimeoutError) else f"{target}: worker died") from e
+        if msg[0] == _LOAD and status == "err":
+            raise GradingFailed(f"{target}: {value}")
+        return status, value
 
     def _replace(self, worker: _Worker) -> None:
         worker.proc.kill()
