@@ -45,7 +45,7 @@ from kuberl.worker.rollout.engine_host import EngineHost
 from kuberl.worker.rollout.partial_rollout_buffer import PartialRolloutBuffer
 from kuberl.worker.rollout.sample import Sample
 from kuberl.worker.train.batch import TrainSample
-from kuberl.worker.train.trainer_actor import TrainerActor
+from kuberl.worker.train.trainer_actor import TrainerActor, check_backend_available
 
 log = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the driver's log
@@ -147,6 +147,7 @@ class Driver:
         self.job = job
         self.options = options
         self.config = resolve(job, in_cluster=options.in_cluster)
+        check_backend_available(self.config.trainer_backend)
         self.run_dir = options.run_dir
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics = MetricsExporter(job.metadata.name)

@@ -56,3 +56,12 @@ def test_train_samples_carry_tokens_masks_and_grpo_advantages() -> None:
     assert samples[0].advantages == pytest.approx([0.70710678] * 3, rel=1e-4)
     assert samples[1].advantages == pytest.approx([-0.70710678] * 2, rel=1e-4)
     assert samples[2].advantages == [0.0] and samples[3].advantages == [0.0] * 4
+
+
+def test_unbuilt_trainer_backend_fails_before_anything_starts(tmp_path) -> None:
+    from kuberl.errors import SpecError
+    from kuberl.worker.driver import Driver, DriverOptions
+
+    job = load_jobs(EXAMPLES / "glm4-9b-dapo-math.yaml")[0]
+    with pytest.raises(SpecError, match=r"spec\.backends\.trainer: the megatron trainer backend"):
+        Driver(job, DriverOptions(in_cluster=True, run_dir=tmp_path))

@@ -12,21 +12,27 @@ from kuberl.worker.train.backend import TrainerBackend
 from kuberl.worker.train.batch import TrainSample
 from kuberl.worker.weight_sync import SyncStats, push_disk, push_tensors
 
+AVAILABLE_BACKENDS = ("torch",)
+
+
+def check_backend_available(kind: str) -> None:
+    """Fail before any cluster resource is used when the resolved trainer backend is not built."""
+    if kind not in AVAILABLE_BACKENDS:
+        from kuberl.errors import SpecError
+
+        raise SpecError([
+            f"spec.backends.trainer: the {kind} trainer backend is not available in this build "
+            "(in a cluster 'auto' means megatron); set spec.backends.trainer: torch (one GPU per "
+            "trainer) until it lands"
+        ])
+
 
 def build_backend(kind: str, config: Any) -> TrainerBackend:
     """Instantiate the trainer backend named by the resolved config."""
-    if kind == "torch":
-        from kuberl.worker.train.torch_backend import TorchBackend, TorchBackendConfig
+    check_backend_available(kind)
+    from kuberl.worker.train.torch_backend import TorchBackend, TorchBackendConfig
 
-        return TorchBackend(TorchBackendConfig.from_worker_config(config))
-    if kind == "megatron":
-        from kuberl.errors import KuberlError
-
-        raise KuberlError(
-            "the Megatron-core trainer backend is not available in this build; set "
-            "spec.backends.trainer: torch (one GPU or CPU) until it lands"
-        )
-    raise ValueError(f"unknown trainer backend {kind!r}")
+    return TorchBackend(TorchBackendConfig.from_worker_config(config))
 
 
 class TrainerActor:
