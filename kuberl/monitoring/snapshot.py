@@ -58,7 +58,9 @@ def replay(steps: Iterable[Mapping[str, float]], job: str, port: int = 0,
         exporter.observe(step)
         last_id = step.get("progress/rollout_id", last_id)
         time.sleep(pace_s)
-    prom.wait_for(f'kuberl_rollout_id{{rltj="{job}"}} == {last_id}', timeout_s=15)
+    if not prom.wait_for(f'kuberl_rollout_id{{rltj="{job}"}} == {last_id}', timeout_s=60):
+        prom.stop()
+        raise RuntimeError(f"Prometheus did not scrape rollout {last_id} of {job} within 60 s")
     return prom, start, time.time()
 
 
