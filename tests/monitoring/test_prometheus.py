@@ -158,7 +158,10 @@ def test_snapshot_replay_serves_a_logged_run_to_prometheus() -> None:
     steps = [step_metrics(i, 3) for i in range(3)]
     prom, start, end = snapshot.replay(steps, "replayed", pace_s=0.3)
     try:
-        [reward] = prom.query_range('kuberl_rollout_reward_mean{rltj="replayed"}', start, end, 0.5)
-        assert float(reward["values"][-1][1]) == pytest.approx(steps[-1]["rollout/reward_mean"])
+        # An instant query at the latest scrape (a 0.5 s range grid over a ~1 s replay was flaky in the
+        # full suite, returning no series although the scrape had happened).
+        [reward] = prom.wait_for('kuberl_rollout_reward_mean{rltj="replayed"}', timeout_s=30)
+        assert float(reward["value"][1]) == pytest.approx(steps[-1]["rollout/reward_mean"])
+        assert start < end
     finally:
         prom.stop()
