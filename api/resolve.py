@@ -9,7 +9,7 @@ workload's shell script.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from kuberl.api.job import RLTrainingJob
@@ -114,7 +114,6 @@ class WorkerConfig:
     trainer_backend: str
     rollout_engine: str
     device: str
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

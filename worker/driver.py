@@ -471,7 +471,6 @@ class Driver:
         self._log_file.close()
         self._samples_file.close()
         self.reporter.close()
-        self.prompts.close()
         self.pool.close()
 
 

@@ -83,6 +83,3 @@ class PromptSource:
         self.cursor.load_state_dict(state["cursor"])
         self.next_sample_index = state["next_sample_index"]
         self.next_group_index = state["next_group_index"]
-
-    def close(self) -> None:
-        """Nothing to release today; kept so the driver can treat sources uniformly."""

@@ -19,13 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"kuberl.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"kuberl.cli.{name}":
-                raise
-            continue
-        module.register(subparsers)
+        importlib.import_module(f"kuberl.cli.{name}").register(subparsers)
     return parser
 
 
