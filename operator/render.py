@@ -340,6 +340,27 @@ def _pod_template(
     return {"metadata": {"labels": pod_labels}, "spec": pod_spec}
 
 
+def render_submitter_template(job: RLTrainingJob, image: str) -> dict[str, Any]:
+    """KubeRay's submitter pod (K8sJobMode), with the job's tolerations and priority.
+
+    KubeRay's default submitter tolerates nothing, so on a cluster made only of tainted GPU nodes it never
+    schedules and the driver never starts. KubeRay fills in the ``ray job submit`` command itself.
+    """
+    cluster = job.spec.cluster
+    amounts = {"cpu": "1", "memory": "1Gi"}  # KubeRay's own default for the submitter
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",  # a batch/v1 Job's pod must not restart in place
+        "containers": [{"name": "ray-job-submitter", "image": image,
+                        "resources": {"requests": dict(amounts), "limits": dict(amounts)}}],
+        "tolerations": gpu_tolerations(job),
+    }
+    if cluster.priority_class_name:
+        pod_spec["priorityClassName"] = cluster.priority_class_name
+    pod_labels = {labels.MANAGED_BY: labels.MANAGER, labels.JOB_NAME: job.metadata.name,
+                  labels.ROLE: "submitter"}
+    return {"metadata": {"labels": pod_labels}, "spec": pod_spec}
+
+
 def render_rayjob(job: RLTrainingJob, settings: RenderSettings | None = None) -> dict[str, Any]:
     """Return the KubeRay RayJob (ray.io/v1) that runs the job's driver on a fresh Ray cluster."""
     settings = settings or RenderSettings()
@@ -379,6 +400,7 @@ def render_rayjob(job: RLTrainingJob, settings: RenderSettings | None = None) ->
         "shutdownAfterJobFinishes": True,  # also required for suspend and for Kueue
         "ttlSecondsAfterFinished": cluster.ttl_seconds_after_finished,
         "backoffLimit": cluster.backoff_limit,
+        "submitterPodTemplate": render_submitter_template(job, image),
         "rayClusterSpec": {
             "rayVersion": settings.ray_version,
             "enableInTreeAutoscaling": False,

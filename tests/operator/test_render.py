@@ -189,3 +189,24 @@ def test_ray_resources_param_survives_the_shell() -> None:
     value = render.ray_resources_param({"kuberl_trainer": 4, "kuberl_rollout": 4})
     (arg,) = shlex.split(f"--resources={value}")
     assert arg == '--resources={"kuberl_rollout": 4, "kuberl_trainer": 4}'
+
+
+def test_submitter_pod_carries_the_job_tolerations_so_tainted_gpu_only_pools_can_submit() -> None:
+    """KubeRay's default submitter tolerates nothing; on a cluster of tainted GPU nodes it never starts."""
+    taint = {"key": "dedicated", "operator": "Equal", "value": "rl", "effect": "NoSchedule"}
+    manifest = _edit(REFERENCE, "spec.cluster", {
+        **REFERENCE["spec"]["cluster"], "tolerations": [taint], "priorityClassName": "training",
+        "image": "registry.example/kuberl-worker:1"})
+    job = _job(manifest)
+    spec = render.render_rayjob(job)["spec"]
+    submitter = spec["submitterPodTemplate"]
+    assert spec.get("submissionMode", "K8sJobMode") == "K8sJobMode"  # the only mode taking a template
+    pod = submitter["spec"]
+    assert pod["restartPolicy"] == "Never"
+    assert taint in pod["tolerations"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert pod["priorityClassName"] == "training"
+    [container] = pod["containers"]
+    assert container["image"] == "registry.example/kuberl-worker:1"
+    assert "command" not in container  # KubeRay writes `ray job submit ...` itself
+    assert submitter["metadata"]["labels"]["kuberl.io/job-name"] == job.metadata.name
