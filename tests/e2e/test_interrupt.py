@@ -62,7 +62,7 @@ def test_a_signal_stops_the_run_with_one_line_and_no_orphans(
             os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole group
         else:
             proc.send_signal(signal.SIGTERM)  # what `kill` or a supervisor does: the main process
-        out, err = proc.communicate(timeout=120)
+        _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
