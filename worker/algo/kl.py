@@ -65,7 +65,7 @@ def approx_kl(logprobs: Tensor, ref_logprobs: Tensor, kind: KlType | str) -> Ten
     except ValueError:
         names = ", ".join(k.value for k in KlType)
         raise ValueError(
-            f"algorithm.klLossType: unknown KL estimator {kind!r}; use one of {names}"
+            f"spec.algorithm.klLossType: unknown KL estimator {kind!r}; use one of {names}"
         ) from None
     return estimator(logprobs, ref_logprobs)
 
