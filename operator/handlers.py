@@ -17,6 +17,7 @@ from typing import Any
 
 import kopf
 
+from kuberl.api.admission import Severity, admission_problems
 from kuberl.api.job import GROUP, PLURAL, VERSION, RLTrainingJob, parse_job
 from kuberl.api.status import RLTrainingJobStatus
 from kuberl.errors import SpecError
@@ -130,6 +131,7 @@ async def _reconcile(
     with metrics.timed_reconcile() as outcome:
         try:
             job: RLTrainingJob = parse_job(_plain(body))
+            warnings = _admit(job, config)
         except SpecError as exc:
             outcome.result = metrics.INVALID
             metrics.ERRORS.labels("spec").inc()
@@ -141,6 +143,8 @@ async def _reconcile(
         previous = job.status
         if previous is not None and previous.phase is not None and previous.phase.is_terminal:
             return  # finished jobs keep their status and are never restarted
+        if warnings and (previous is None or previous.phase is None):  # once, at first admission
+            await kube.post_event(body, "Warning", "SpecWarning", "; ".join(warnings), now)
         try:
             if not apply and rayjob is None:
                 rayjob = await kube.get(
@@ -168,6 +172,23 @@ async def _reconcile(
             metrics.ERRORS.labels("api").inc()
             await kube.post_event(body, "Warning", "ReconcileFailed", str(exc), now)
             raise kopf.TemporaryError(f"apiserver refused: {exc}", delay=API_ERROR_DELAY) from None
+
+
+def _admit(job: RLTrainingJob, config: OperatorConfig) -> list[str]:
+    """Refuse a job that cannot run in a cluster before its RayJob exists; return its warnings.
+
+    A job whose RayJob was already created was admitted before (its spec is immutable), so an operator
+    upgrade with a stricter table never fails a running job.
+
+    Raises:
+        SpecError: one ``field: message`` line per admission error.
+    """
+    problems = admission_problems(job, gpus_per_node=config.render_settings().gpus_per_node)
+    admitted_before = job.status is not None and job.status.ray_job_name is not None
+    errors = [str(p) for p in problems if p.severity is Severity.ERROR]
+    if errors and not admitted_before:
+        raise SpecError(errors)
+    return [str(p) for p in problems if p.severity is Severity.WARNING]
 
 
 # --- handlers (attached to a registry by `register`) -----------------------------------------------

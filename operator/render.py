@@ -286,13 +286,14 @@ def gpu_tolerations(job: RLTrainingJob) -> list[dict[str, Any]]:
     return [base, *(dict(t) for t in job.spec.cluster.tolerations if t != base)]
 
 
-def ray_resources_param(resources: dict[str, int]) -> str:
-    """Return the ``rayStartParams.resources`` value: a JSON map quoted for the shell KubeRay builds.
+def ray_group_resources(resources: dict[str, int]) -> dict[str, str]:
+    """Return a worker group's typed ``resources`` map (KubeRay >= 1.4): Ray custom resources as quantities.
 
-    KubeRay appends ``--resources=<value>`` to ``ray start`` in a shell command, so the JSON goes in double
-    quotes with its own quotes escaped: ``"{\\"kuberl_trainer\\": 4}"``.
+    KubeRay turns it into ``ray start --resources='{...}'`` itself, and still adds ``--num-gpus`` from the
+    container's GPU limit. The older route, a JSON string in ``rayStartParams.resources``, needed shell
+    escaping that KubeRay 1.5 cannot parse back ("failed to add accelerator resources"), so it is not used.
     """
-    return '"' + json.dumps(resources, sort_keys=True).replace('"', '\\"') + '"'
+    return {name: str(amount) for name, amount in sorted(resources.items())}
 
 
 def _pod_template(
@@ -380,7 +381,8 @@ def render_rayjob(job: RLTrainingJob, settings: RenderSettings | None = None) ->
                 "replicas": group.replicas,
                 "minReplicas": group.replicas,
                 "maxReplicas": group.replicas,
-                "rayStartParams": {"resources": ray_resources_param(group.ray_resources)},
+                "rayStartParams": {},
+                "resources": ray_group_resources(group.ray_resources),
                 "template": _pod_template(
                     job,
                     role=group.role,
