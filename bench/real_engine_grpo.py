@@ -218,6 +218,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--base-gpu-id", type=int, default=0, help="SGLang baseGpuId (1: engine on GPU 1)")
     p.add_argument("--workdir", default=None)
     p.add_argument("--out-dir", default=None, help="writes real_engine_grpo.json there")
+    p.add_argument("--ray-address", default=None, help="join this Ray cluster (default: start one)")
     args = p.parse_args(argv)
     gpu = args.engine == "sglang"
     for name, on_gpu, on_cpu in (("batch_size", 32, 4), ("n_samples", 8, 4),
@@ -244,7 +245,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     (workdir / "job.json").write_text(json.dumps(manifest, indent=2))
     job = parse_job(manifest, str(workdir / "job.json"))
     driver = make_driver(job, DriverOptions(in_cluster=False, run_dir=workdir / "run",
-                                            progress_bar=False))
+                                            progress_bar=False, ray_address=args.ray_address))
     try:
         driver.start()
         print(f"engines {driver.engine_urls} ready after {time.perf_counter() - t0:.0f} s", flush=True)
