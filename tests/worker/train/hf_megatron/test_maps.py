@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from kuberl.errors import SpecError
-from kuberl.worker.train.hf_megatron import ModelShape, megatron_shards, merge_to_hf, param_maps, te_name
+from kuberl.worker.train.hf_megatron import (
+    ModelShape,
+    megatron_shards,
+    merge_to_hf,
+    param_maps,
+    te_name,
+)
 from kuberl.worker.train.hf_megatron.maps import fuse_qkv, split_qkv
 from kuberl.worker.train.hf_megatron.shape import padded_vocab_size
 
@@ -170,7 +176,7 @@ def test_shape_rejects_unknown_families_and_mismatched_presets() -> None:
     with pytest.raises(SpecError, match="model_type 'gpt2'"):
         ModelShape.from_hf_config({"model_type": "gpt2"})
     s = shape("llama")
-    with pytest.raises(SpecError, match="spec.model.architecture does not match"):
+    with pytest.raises(SpecError, match=r"spec\.model\.architecture does not match"):
         s.check_preset(PRESETS["llama3.1-8b"])
     with pytest.raises(SpecError, match="tensorModelParallelSize"):
         shape("llama", num_query_groups=2).check_tensor_parallel(4)
