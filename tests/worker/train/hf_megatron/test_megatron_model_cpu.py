@@ -38,8 +38,14 @@ def cpu_megatron():
 
 def tiny_hf(family: str, out: Path):
     from transformers import (
-        Glm4Config, Glm4ForCausalLM, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM,
-        Qwen3Config, Qwen3ForCausalLM,
+        Glm4Config,
+        Glm4ForCausalLM,
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        Qwen3Config,
+        Qwen3ForCausalLM,
     )
 
     classes = {"glm4": (Glm4Config, Glm4ForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM),
