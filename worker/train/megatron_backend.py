@@ -123,6 +123,30 @@ class MegatronBackendConfig:
         )
 
 
+def rank_micro_batches(
+    samples: Sequence[TrainSample], dp_rank: int, dp_size: int, *, budget: int | None,
+    micro_batch_size: int = 1, balance_data: bool = False, cp_size: int = 1,
+) -> list[list[int]]:
+    """This DP rank's micro-batches (indices into ``samples``): a pure function of the full list, so
+    every rank agrees on the split without communicating. ``budget`` None means fixed micro-batches.
+
+    With ``balance_data`` and dynamic batching the step plan packs first and spreads micro-batches by
+    equal-count Karmarkar-Karp; otherwise the rank's share comes from ``shard_for_rank`` and is packed
+    locally (first-fit decreasing under ``budget * cp_size``).
+    """
+    lengths = [s.num_tokens for s in samples]
+    if balance_data and budget:
+        plan = plan_step(lengths, dp_size=dp_size, use_dynamic_batch_size=True,
+                         max_tokens_per_gpu=budget, cp_size=cp_size, balance_data=True)
+        return [list(mb) for mb in plan.ranks[dp_rank]]
+    idx = list(shard_for_rank(samples, dp_rank, dp_size).indices)
+    if budget:
+        local = pack_micro_batches([lengths[i] for i in idx], budget * cp_size)
+    else:
+        local = fixed_micro_batches(len(idx), micro_batch_size)
+    return [[idx[j] for j in mb] for mb in local]
+
+
 def is_dist_checkpoint(path: str | Path | None) -> bool:
     """True for a directory written by megatron's ``dist_checkpointing`` (ours or ``kuberl convert``)."""
     return path is not None and (Path(path) / DIST_CKPT_MARKER).is_file()
@@ -228,20 +252,12 @@ class MegatronBackend:
 
     # ---- data ---------------------------------------------------------------------------------------
     def _my_micro_batches(self, samples: Sequence[TrainSample], budget: int | None) -> list[list[int]]:
-        """This DP rank's micro-batches (indices into ``samples``): a pure function of the full list."""
-        lengths = [s.num_tokens for s in samples]
-        dynamic = self.config.use_dynamic_batch_size and budget
-        if self.config.balance_data and dynamic:
-            plan = plan_step(lengths, dp_size=self.dp_size, use_dynamic_batch_size=True,
-                             max_tokens_per_gpu=budget, cp_size=self.par.cp, balance_data=True)
-            return [list(mb) for mb in plan.ranks[self.dp_rank]]
-        share = shard_for_rank(samples, self.dp_rank, self.dp_size)
-        idx = list(share.indices)
-        if dynamic:
-            local = pack_micro_batches([lengths[i] for i in idx], budget * self.par.cp)
-        else:
-            local = fixed_micro_batches(len(idx), self.config.micro_batch_size)
-        return [[idx[j] for j in mb] for mb in local]
+        return rank_micro_batches(
+            samples, self.dp_rank, self.dp_size,
+            budget=budget if self.config.use_dynamic_batch_size else None,
+            micro_batch_size=self.config.micro_batch_size, balance_data=self.config.balance_data,
+            cp_size=self.par.cp,
+        )
 
     def _forward(
         self, model: Any, samples: Sequence[TrainSample], with_entropy: bool
