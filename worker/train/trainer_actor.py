@@ -12,7 +12,7 @@ from kuberl.worker.train.backend import TrainerBackend
 from kuberl.worker.train.batch import TrainSample
 from kuberl.worker.weight_sync import SyncStats, push_disk, push_tensors
 
-AVAILABLE_BACKENDS = ("torch",)
+AVAILABLE_BACKENDS = ("torch", "megatron")
 
 
 def check_backend_available(kind: str) -> None:
@@ -30,6 +30,10 @@ def check_backend_available(kind: str) -> None:
 def build_backend(kind: str, config: Any) -> TrainerBackend:
     """Instantiate the trainer backend named by the resolved config."""
     check_backend_available(kind)
+    if kind == "megatron":  # imported lazily: megatron-core is only in the trainer image
+        from kuberl.worker.train.megatron_backend import MegatronBackend, MegatronBackendConfig
+
+        return MegatronBackend(MegatronBackendConfig.from_worker_config(config))
     from kuberl.worker.train.torch_backend import TorchBackend, TorchBackendConfig
 
     return TorchBackend(TorchBackendConfig.from_worker_config(config))
