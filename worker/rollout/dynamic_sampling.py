@@ -89,6 +89,7 @@ class RolloutResult:
     stale_tokens: int = 0  # response tokens of kept samples made by older weights
     response_tokens: int = 0  # response tokens of kept samples
     generated_tokens: int = 0
+    peak_in_flight: int = 0  # most /generate calls in flight at once (bounded by serverConcurrency)
     grading_s: float = 0.0  # time spent grading groups (overlaps generation of other groups)
     wall_s: float = 0.0
 
@@ -354,6 +355,7 @@ async def collect_rollout(
             task.cancel()
         raise
     result.groups = kept
+    result.peak_in_flight = flight.peak_in_flight
     samples = [s for g in kept for s in g]
     result.over_context_samples = sum(1 for s in samples if s.metadata.get("over_context"))
     version = settings.policy_version or flight.latest_version

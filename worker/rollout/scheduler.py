@@ -305,8 +305,8 @@ class Scheduler:
 
     def _choose(self, rows: list[GenerationRequest], logits: torch.Tensor):
         banned = [
-            (sorted(self.eos_token_ids | set(r.params.stop_token_ids))
-             if len(r.output_ids) < r.params.min_new_tokens and not r.params.ignore_eos else [])
+            (sorted((set() if r.params.ignore_eos else self.eos_token_ids) | set(r.params.stop_token_ids))
+             if len(r.output_ids) < r.params.min_new_tokens else [])
             for r in rows
         ]
         tokens, logprobs = choose_tokens(
