@@ -88,7 +88,9 @@ async def abort_until_back(client, tasks: dict[str, asyncio.Task], timeout_s: fl
     while not all(t.done() for t in tasks.values()):
         assert loop.time() < deadline, "aborted requests did not come back"
         await asyncio.gather(*(client.abort(rid) for rid, t in tasks.items() if not t.done()))
-        await asyncio.wait([t for t in tasks.values() if not t.done()], timeout=ABORT_INTERVAL_S)
+        pending = [t for t in tasks.values() if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=ABORT_INTERVAL_S)
 
 
 async def test_generate_logprobs_equal_forward_pass(engine_url, reference_model):
