@@ -53,6 +53,7 @@ from kuberl.worker.rollout.balancer import EngineBalancer
 from kuberl.worker.rollout.dynamic_sampling import CollectorSettings, RolloutResult, collect_rollout
 from kuberl.worker.rollout.engine_client import EngineClient
 from kuberl.worker.rollout.engine_host import EngineHost
+from kuberl.worker.rollout.launcher import seeded_sampling
 from kuberl.worker.rollout.partial_rollout_buffer import PartialRolloutBuffer
 from kuberl.worker.rollout.sample import Sample
 from kuberl.worker.train.batch import TrainSample
@@ -99,6 +100,7 @@ def rollout_metrics(result: RolloutResult, max_response_len: int, num_engines: i
         "buffer/partial_resumed": float(result.resumed_samples),
         "buffer/tokens_reused": float(result.tokens_reused),
         "buffer/tokens_wasted": float(result.tokens_wasted),
+        **result.extra_metrics(),
     }
 
 
@@ -274,6 +276,11 @@ class Driver:
             sampling_params=self._sampling_params(c.sampling),
             partial_rollout=c.partial_rollout,
             mask_offpolicy=c.mask_offpolicy_in_partial_rollout,
+            use_tis=bool(c.algorithm["use_tis"]),
+            policy_version=str(self.weight_version),
+            max_context_len=c.max_context_len,
+            server_concurrency=c.server_concurrency,
+            custom_generate=load_hook(c.custom_generate_function_path, "customGenerateFunctionPath"),
         )
         endpoint = self._endpoint()
         try:
@@ -296,6 +303,8 @@ class Driver:
             params["stop"] = sampling["stop"]
         if sampling["stop_token_ids"]:
             params["stop_token_ids"] = sampling["stop_token_ids"]
+        if seeded_sampling(self.config.sglang_server_args):  # per-sample seeds: seed + sample index
+            params["sampling_seed"] = self.config.seed
         return params
 
     async def _evaluate(self, rollout_id: int) -> dict[str, float]:
@@ -311,6 +320,11 @@ class Driver:
                 over_sampling_groups=len(source),
                 max_new_tokens=c.eval_max_response_len,
                 sampling_params=self._sampling_params(c.eval_sampling),
+                max_context_len=c.max_context_len,
+                server_concurrency=c.server_concurrency,
+                custom_generate=load_hook(c.custom_generate_function_path,
+                                          "customGenerateFunctionPath"),
+                evaluation=True,
             )
             endpoint = self._endpoint()
             try:

@@ -118,6 +118,12 @@ def rl_training() -> Dashboard:
               (_q(_rate("buffer/tokens_reused"), "{{rltj}} reused"),
                _q(_rate("buffer/tokens_wasted"), "{{rltj}} wasted"),
                _q(_rate("buffer/partial_resumed"), "{{rltj}} samples resumed")), unit="short"),
+        Panel("Stale data", "Share of trained tokens from older weights (masked or TIS-weighted), and groups "
+              "that finished after the target: buffered (partialRollout) or dropped, per second.",
+              (_q(job("rollout/offpolicy_token_fraction"), "{{rltj}} off-policy fraction"),
+               _q(_rate("buffer/late_groups_buffered"), "{{rltj}} late buffered"),
+               _q(_rate("rollout/late_groups_dropped"), "{{rltj}} late dropped"),
+               _q(_rate("rollout/over_context_samples"), "{{rltj}} over context")), unit="short"),
     ))
     timing = Row("Step time", (
         Panel("Step time breakdown", "Wall time of each stage of the last step, stacked.",

@@ -62,13 +62,20 @@ class EngineBalancer:
                 self._owner.pop(rid, None)
 
     async def abort(self, rid: str | None = None, abort_all: bool = False) -> None:
-        """Abort one rid on the engine that holds it, or everything on every engine."""
-        if abort_all or rid is None:
+        """Abort one exact rid on the engine it was sent to, or (explicitly) everything everywhere.
+
+        A rid that already came back has no owner and needs no abort."""
+        if abort_all:
             await self._each(lambda e: e.abort(abort_all=True))
             return
-        engine = self._owner.get(rid)
+        engine = self._owner.get(rid) if rid else None
         if engine is not None:
             await engine.abort(rid)
+
+    async def context_length(self, model_path: str | None = None) -> int | None:
+        """The smallest context length of the healthy engines (a request must fit on any of them)."""
+        found = [n for n in await self._each(lambda e: e.context_length(model_path)) if n is not None]
+        return min(found) if found else None
 
     async def pause(self, mode: str = "abort") -> None:
         await self._each(lambda e: e.pause(mode))

@@ -3,6 +3,10 @@
 Local runs and CPU tests use it where production runs real SGLang, so the worker's rollout code is
 the same in both. Launch: ``python -m kuberl.worker.rollout.embedded_engine --model-path DIR --port N``.
 Unknown ``--flags`` (SGLang server arguments) are accepted and ignored, so one launcher serves both.
+Where real SGLang 0.5.14 differs from what a client might expect, the twin copies it (docs/rollout.md
+has the table): exact-rid aborts that drop rids not yet registered, ``sampling_seed`` only with
+``--enable-deterministic-inference``, ``context_length: null`` in /server_info unless
+``--context-length`` was given, stop tokens ignored under ``ignore_eos``. It stays fp32 on CPU.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +48,7 @@ class EngineArgs:
     dtype: str = "float32"
     api_key: str | None = None
     served_model_name: str | None = None
+    enable_deterministic_inference: bool = False
 
 
 class EmbeddedEngine(WeightRoutes):
@@ -68,8 +74,10 @@ class EmbeddedEngine(WeightRoutes):
         self.scheduler = Scheduler(
             self.model, eos_ids, self._decode if self.tokenizer else None,
             weight_version=args.weight_version, max_running_requests=args.max_running_requests,
-            seed=args.random_seed,
+            seed=args.random_seed, deterministic=args.enable_deterministic_inference,
         )
+        # rids the front end holds (SGLang's rid_to_state): an abort for any other rid is dropped
+        self._registered: Counter[str] = Counter()
         self.started = time.time()
         self.groups: dict[str, Any] = {}  # weight-update process groups by name
 
@@ -161,8 +169,15 @@ class EmbeddedEngine(WeightRoutes):
                 loop.call_soon_threadsafe(lambda: done.done() or done.set_result(r))
 
         req.on_update = on_update
+        self._registered[req.rid] += 1
+        done.add_done_callback(lambda _f: self._unregister(req.rid))
         self.scheduler.submit(req)
         return done
+
+    def _unregister(self, rid: str) -> None:
+        self._registered[rid] -= 1
+        if self._registered[rid] <= 0:
+            del self._registered[rid]
 
     async def _stream(self, request, items, loop, body) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -266,8 +281,11 @@ class EmbeddedEngine(WeightRoutes):
 
     # ---- control ---------------------------------------------------------------------------
     async def abort_request(self, request: web.Request) -> web.Response:
+        """200 whatever happens; a rid this front end does not hold (yet) is dropped, as in SGLang."""
         body = await json_body(request, required=False)
-        self.scheduler.abort(str(body.get("rid") or ""), bool(body.get("abort_all")))
+        rid, abort_all = str(body.get("rid") or ""), bool(body.get("abort_all"))
+        if abort_all or rid in self._registered:
+            self.scheduler.abort(rid, abort_all)
         return web.Response(status=200)
 
     async def pause_generation(self, request: web.Request) -> web.Response:
@@ -331,7 +349,9 @@ class EmbeddedEngine(WeightRoutes):
         a = self.args
         return web.json_response({
             "model_path": a.model_path, "host": a.host, "port": a.port, "tp_size": 1, "dp_size": 1,
-            "random_seed": a.random_seed, "context_length": self.context_len,
+            # SGLang echoes its command line: null unless --context-length was given
+            "random_seed": a.random_seed, "context_length": a.context_length,
+            "enable_deterministic_inference": a.enable_deterministic_inference,
             "max_running_requests": a.max_running_requests, "device": a.device, "dtype": a.dtype,
             "weight_version": self.scheduler.weight_version, "version": VERSION,
             "internal_states": [self.scheduler.stats()], "startup_time": self.started,
@@ -418,6 +438,7 @@ def parse_args(argv: list[str] | None = None) -> EngineArgs:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--api-key", default=None)
     p.add_argument("--served-model-name", default=None)
+    p.add_argument("--enable-deterministic-inference", action="store_true")
     known, unknown = p.parse_known_args(argv)
     if unknown:
         log.warning("ignoring SGLang arguments the embedded engine does not implement: %s", unknown)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -85,6 +86,28 @@ class GenerateOutput:
             input_logprobs=None if inputs is None else [e[0] for e in inputs],
             meta_info=meta,
         )
+
+
+def context_length_from(server_info: dict[str, Any], models: dict[str, Any],
+                        model_config: dict[str, Any] | None = None) -> int | None:
+    """Pure: the first context length given by /server_info, /v1/models or the model config."""
+    if server_info.get("context_length") is not None:
+        return int(server_info["context_length"])
+    lengths = [m.get("max_model_len") for m in models.get("data") or []]
+    if lengths and all(n is not None for n in lengths):
+        return min(int(n) for n in lengths)
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        if (model_config or {}).get(key) is not None:
+            return int(model_config[key])  # type: ignore[index]
+    return None
+
+
+def _model_config(model_path: str | None) -> dict[str, Any] | None:
+    """``config.json`` of a local model directory, or None (hub names and missing files)."""
+    if not model_path:
+        return None
+    path = Path(model_path) / "config.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _span(span: Any) -> dict[str, Any]:
@@ -197,7 +220,8 @@ class EngineClient:
         return GenerateOutput.from_json(resp.json(), self.url)
 
     async def abort(self, rid: str | None = None, abort_all: bool = False) -> None:
-        """Abort requests whose rid starts with ``rid`` (or all); unknown rids are ignored."""
+        """Abort the request with exactly this rid (or all). SGLang 0.5.14 answers 200 either way and
+        drops a rid it has not registered yet, so the caller re-sends until the request came back."""
         await self._request("POST", "/abort_request", {"rid": rid or "", "abort_all": abort_all},
                             idempotent=True)
 
@@ -229,6 +253,23 @@ class EngineClient:
 
     async def server_info(self) -> dict[str, Any]:
         return (await self._request("GET", "/server_info", idempotent=True)).json()
+
+    async def models(self) -> dict[str, Any]:
+        return (await self._request("GET", "/v1/models", idempotent=True)).json()
+
+    async def context_length(self, model_path: str | None = None) -> int | None:
+        """The engine's context length in tokens (prompt + response).
+
+        SGLang's ``/server_info`` echoes the command line, so ``context_length`` is null unless
+        ``--context-length`` was given; then ``/v1/models``' ``max_model_len``, then the model
+        config's ``max_position_embeddings`` (``model_path``, a local directory) answer instead.
+        """
+        info = await self.server_info()
+        try:
+            models = await self.models()
+        except EngineHTTPError:
+            models = {}
+        return context_length_from(info, models, _model_config(model_path))
 
     async def get_weights_by_name(self, name: str, truncate_size: int = 100) -> Any:
         body = {"name": name, "truncate_size": truncate_size}

@@ -1,9 +1,10 @@
 """Turn prompts into ``Sample`` records through any SGLang-protocol endpoint.
 
 An endpoint is an EngineClient, an EngineBalancer or a RouterClient: anything with
-``generate(input_ids, sampling_params, rid=...)`` and ``abort(...)``. One request per sample, a
-fixed-width rid per sample (SGLang aborts by rid prefix), and resumption of aborted samples by
-sending prompt + partial response with the remaining token budget (sglang-api.md §7.4).
+``generate(input_ids, sampling_params, rid=...)`` and ``abort(...)``. One request per sample with its
+own rid (SGLang 0.5.14 aborts exact rids only, so the caller keeps every rid it sent), and resumption of
+aborted samples by sending prompt + partial response with the remaining token budget, clamped to the
+context length (sglang-api.md §7.4).
 """
 
 from __future__ import annotations
@@ -27,8 +28,19 @@ class Endpoint(Protocol):
 
 
 def rid_for(prefix: str, index: int) -> str:
-    """Fixed-width rid: no sample's rid is a prefix of another's, so prefix aborts hit one sample."""
+    """Fixed-width rid: no sample's rid is a prefix of another's (SGLang's scheduler still matches
+    prefixes behind the front end's exact-rid check, so this keeps an abort to one sample)."""
     return f"{prefix}-{index:012d}"
+
+
+def request_params(sampling_params: dict[str, Any], sample: Sample, max_new_tokens: int
+                   ) -> dict[str, Any]:
+    """The per-request ``sampling_params``: the remaining budget, and with seeded sampling a seed of
+    its own per sample (``sampling_seed`` + sample index, as slime does), so a group's samples differ."""
+    params = {**sampling_params, "max_new_tokens": max_new_tokens}
+    if params.get("sampling_seed") is not None:
+        params["sampling_seed"] = int(params["sampling_seed"]) + sample.index
+    return params
 
 
 def make_group(
@@ -52,24 +64,33 @@ async def generate_sample(
     rollout_id: int | None = None,
     mask_offpolicy: bool = False,
     decode: Callable[[list[int]], str] | None = None,
+    max_context_len: int | None = None,
 ) -> Sample:
     """Generate (or resume) one sample in place and return it.
 
     ``max_new_tokens`` is the budget for the whole response: a resumed sample gets what is left,
-    and with nothing left it is finished as truncated without a request. ``mask_offpolicy``
+    and with nothing left it is finished as truncated without a request. ``max_context_len``
+    bounds prompt + response (spec.rollout.maxContextLen, or the engine's context length): the
+    request asks for no more than fits, and a prompt that leaves no room is finished as truncated
+    with an empty response and ``metadata["over_context"]`` (slime does the same). ``mask_offpolicy``
     excludes previously generated tokens (older weights) from the loss. A 400 raises (a bug); an
     engine that went away leaves the sample FAILED for the caller to requeue.
     """
     if sample.status.is_finished:
         return sample
     remaining = max_new_tokens - sample.response_length
+    if max_context_len is not None:
+        room = max_context_len - len(sample.tokens)
+        if room <= 0 and sample.response_length == 0:
+            sample.metadata["over_context"] = True
+        remaining = min(remaining, room)
     if remaining <= 0:
         sample.status = SampleStatus.TRUNCATED
         return sample
     resumed = sample.response_length > 0
     try:
         out = await endpoint.generate(
-            sample.tokens, {**sampling_params, "max_new_tokens": remaining},
+            sample.tokens, request_params(sampling_params, sample, remaining),
             rid=rid_for(rid_prefix, sample.index), return_logprob=True,
         )
     except EngineHTTPError as e:

@@ -59,6 +59,16 @@ def passthrough_flags(server_args: list[str] | dict[str, Any]) -> list[str]:
     return flags
 
 
+DETERMINISTIC_FLAG = "--enable-deterministic-inference"
+
+
+def seeded_sampling(server_args: list[str] | dict[str, Any]) -> bool:
+    """Whether the job asks for seeded sampling: ``spec.sglang.serverArgs.enableDeterministicInference``
+    (slime's ``--sglang-enable-deterministic-inference``). SGLang 0.5.14 honours ``sampling_seed`` only
+    with that flag, so the driver sends seeds exactly when it is on."""
+    return DETERMINISTIC_FLAG in passthrough_flags(server_args)
+
+
 def engine_command(spec: EngineSpec, python: str = sys.executable) -> list[str]:
     """The argv that starts ``spec``'s engine."""
     module = {"sglang": "sglang.launch_server", "embedded": "kuberl.worker.rollout.embedded_engine"}

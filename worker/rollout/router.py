@@ -36,8 +36,11 @@ class RouterClient(EngineBalancer):
                                           logprob_start_len)
 
     async def abort(self, rid: str | None = None, abort_all: bool = False) -> None:
-        """The router does not know where a rid went: send the abort to every engine."""
-        await self._each(lambda e: e.abort(rid, abort_all=abort_all or rid is None))
+        """The router does not say where a rid went: send the exact rid to every engine (the ones
+        that do not hold it drop it). ``abort_all`` must be asked for explicitly."""
+        if rid is None and not abort_all:
+            return
+        await self._each(lambda e: e.abort(rid, abort_all=abort_all))
 
     async def aclose(self) -> None:
         await super().aclose()

@@ -1,9 +1,10 @@
 """The embedded engine's step loop: one thread owns the model and batches all running requests.
 
 Requests, aborts, pauses and weight updates arrive from the HTTP thread as commands; the loop applies
-them between steps, so the model is only ever touched by this thread. Semantics follow SGLang where
-the worker relies on them (sglang-api.md sections 2-4): rid-prefix abort, partial output on abort,
-pause modes, and the writer-lock rule for weight updates.
+them between steps, so the model is only ever touched by this thread. Semantics follow SGLang 0.5.14 as
+measured on a GPU (sglang-api.md sections 2-4, docs/rollout.md): exact-rid abort, partial output on
+abort, pause modes, the writer-lock rule for weight updates, ``sampling_seed`` honoured only in
+deterministic mode and ``stop_token_ids`` ignored under ``ignore_eos``.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ class Scheduler:
         max_prefill_tokens: int = 16384,
         seed: int = 0,
         admit_window_s: float = 0.05,
+        deterministic: bool = False,
     ) -> None:
         self.model = model
         self.device = next(model.parameters()).device
@@ -86,6 +88,8 @@ class Scheduler:
         self.max_prefill_tokens = max_prefill_tokens
         self._rng = torch.Generator(device=self.device).manual_seed(seed)
         self.admit_window_s = admit_window_s
+        # SGLang honours sampling_seed only with --enable-deterministic-inference
+        self.deterministic = deterministic
         # SGLang's switch for logprobs before temperature scaling; same name, same default (off)
         self.original_logprobs = os.environ.get("SGLANG_RETURN_ORIGINAL_LOGPROB", "").lower() in (
             "1", "true", "yes")
@@ -123,10 +127,13 @@ class Scheduler:
         self._command(lambda: self._waiting.append(req))
 
     def abort(self, rid: str, abort_all: bool) -> None:
-        """Abort every queued or running request whose rid starts with ``rid`` (or all of them)."""
+        """Abort the queued or running request with exactly this rid (or all of them).
+
+        SGLang 0.5.14's front end drops any rid it does not hold, so a prefix aborts nothing.
+        """
         if not abort_all and not rid:
             return
-        self._command(lambda: self._abort(lambda r: abort_all or r.rid.startswith(rid)))
+        self._command(lambda: self._abort(lambda r: abort_all or r.rid == rid))
 
     def pause(self, mode: str) -> Future:
         def run() -> None:
@@ -237,8 +244,9 @@ class Scheduler:
             r.on_update(r, True)
 
     def _generator(self, r: GenerationRequest) -> torch.Generator | None:
-        """A request's own generator when it has a sampling_seed; None shares the engine's."""
-        if r.params.sampling_seed is None:
+        """A request's own generator when it has a sampling_seed in deterministic mode; None shares
+        the engine's (SGLang ignores the seed without --enable-deterministic-inference)."""
+        if r.params.sampling_seed is None or not self.deterministic:
             return None
         return torch.Generator(device=self.device).manual_seed(int(r.params.sampling_seed))
 
@@ -337,7 +345,8 @@ class Scheduler:
     def _stop_reason(self, r: GenerationRequest, tok: int) -> dict[str, Any] | None:
         p = r.params
         if len(r.output_ids) >= p.min_new_tokens:
-            if tok in p.stop_token_ids or (not p.ignore_eos and tok in self.eos_token_ids):
+            # SGLang 0.5.14 checks stop_token_ids together with EOS, so ignore_eos disables both
+            if not p.ignore_eos and (tok in p.stop_token_ids or tok in self.eos_token_ids):
                 return {"type": "stop", "matched": tok}
             if p.stop and self.decode_text is not None:
                 text = self.decode_text(r.output_ids, p.skip_special_tokens)

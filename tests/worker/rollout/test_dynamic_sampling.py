@@ -12,8 +12,14 @@ from collections.abc import Callable
 
 import pytest
 
+from kuberl.errors import SpecError
 from kuberl.worker.rollout.balancer import EngineBalancer
-from kuberl.worker.rollout.dynamic_sampling import CollectorSettings, collect_rollout
+from kuberl.worker.rollout.dynamic_sampling import (
+    CollectorSettings,
+    collect_rollout,
+    mark_stale,
+    stale_token_handling,
+)
 from kuberl.worker.rollout.engine_client import EngineClient
 from kuberl.worker.rollout.filters import check_reward_nonzero_std
 from kuberl.worker.rollout.generate import make_group
@@ -183,3 +189,187 @@ def test_buffer_state_round_trip_keeps_partial_samples(prompt_ids):
     s = restored.groups[0][0]
     assert s.response_ids == [1, 2, 3] and s.weight_versions[0]["version"] == "2"
     assert s.metadata["start_rollout_id"] == 4
+
+
+# ---- aborts on real-SGLang terms: exact rids, re-sent until every request came back ------------------------
+
+class LateArrival:
+    """An endpoint whose requests reach the engine ``delay_s`` after the collector sent them (network or
+    tokenizer latency): an abort sent in between finds no registered rid and is dropped by the engine."""
+
+    def __init__(self, client: EngineClient, delay_s: float) -> None:
+        self.client, self.delay_s, self.aborts = client, delay_s, []
+
+    async def generate(self, *args, **kwargs):
+        await asyncio.sleep(self.delay_s)
+        return await self.client.generate(*args, **kwargs)
+
+    async def abort(self, rid=None, abort_all=False):
+        assert rid and not abort_all, "the collector must abort exact rids, never everything"
+        self.aborts.append(rid)
+        await self.client.abort(rid)
+
+
+async def test_an_abort_that_beats_its_request_to_the_engine_is_resent(thread_engine, prompt_ids):
+    next_groups, _ = source(prompt_ids)
+    buffer = PartialRolloutBuffer()
+    buffer.put(finished_group(prompt_ids, 999))  # reaches the target at once
+    async with EngineClient(thread_engine.url) as client:
+        endpoint = LateArrival(client, delay_s=0.5)
+        result = await collect_rollout(
+            endpoint, 0, settings(target_groups=1, over_sampling_groups=3, max_new_tokens=LONG,
+                                  partial_rollout=True),
+            next_groups, reward_by_group(lambda g, k: float(k)), buffer,
+        )
+    assert [g[0].group_index for g in result.groups] == [999]
+    assert result.abort_rounds >= 2  # the first round was dropped: nothing was registered yet
+    samples = [s for g in buffer.groups for s in g]
+    assert len(samples) == 2 * G and result.late_groups_buffered == 0  # the wave: 999 + 2 fresh
+    assert all(s.response_length < LONG for s in samples), "an aborted request ran to the end"
+    # exact rids, one per sample that was in flight (the rid ends with the sample index)
+    assert {int(r.rsplit("-", 1)[1]) for r in endpoint.aborts} == {s.index for s in samples}
+
+
+async def test_aborts_hit_only_the_collectors_own_requests(thread_engine, prompt_ids):
+    next_groups, _ = source(prompt_ids)
+    buffer = PartialRolloutBuffer()
+    buffer.put(finished_group(prompt_ids, 999))
+    long = {"temperature": 1.0, "max_new_tokens": 300, "ignore_eos": True}
+    async with EngineClient(thread_engine.url) as client:
+        other_user = asyncio.create_task(client.generate(prompt_ids, long, rid="someone-else-1"))
+        result = await collect_rollout(
+            EngineBalancer([EngineClient(thread_engine.url)]), 0,
+            settings(target_groups=1, over_sampling_groups=3, max_new_tokens=LONG),
+            next_groups, reward_by_group(lambda g, k: float(k), slow_group=999), buffer,
+        )
+        other = await other_user
+    assert result.aborted_samples > 0
+    assert other.finish_reason == {"type": "length", "length": 300}  # no abort_all
+
+
+# ---- late groups and stale tokens (issue 13) ----------------------------------------------------------------
+
+def graded_group(prompt_ids, group_index: int, version: str) -> list[Sample]:
+    group = make_group(prompt_ids, G, group_index, 10_000 + group_index * G)
+    for s in group:
+        s.append_response([5, 6, 7], [-0.1, -0.2, -0.3], version)
+        s.status = SampleStatus.COMPLETED
+    return group
+
+
+@pytest.mark.parametrize("partial", [False, True])
+async def test_groups_finishing_after_the_target_are_dropped_unless_partial_rollout(
+    endpoint, prompt_ids, partial
+):
+    buffer = PartialRolloutBuffer()
+    for g in range(3):
+        buffer.put(graded_group(prompt_ids, g, "5"))
+    result = await collect_rollout(
+        endpoint, 0, settings(target_groups=1, over_sampling_groups=3, partial_rollout=partial,
+                              policy_version="5"),
+        lambda n: [], reward_by_group(lambda g, k: float(k)), buffer,
+    )
+    assert len(result.groups) == 1
+    if partial:
+        assert result.late_groups_buffered == 2 and len(buffer) == 2
+        assert result.late_groups_dropped == 0
+    else:
+        assert result.late_groups_dropped == 2 and len(buffer) == 0
+        assert result.extra_metrics()["rollout/late_groups_dropped"] == 2.0
+
+
+@pytest.mark.parametrize(("mask", "tis", "trained"), [(True, False, 0), (False, True, 3),
+                                                      (False, False, 0), (True, True, 0)])
+async def test_finished_but_stale_samples_are_masked_or_left_to_tis(
+    endpoint, prompt_ids, mask, tis, trained
+):
+    buffer = PartialRolloutBuffer()
+    buffer.put(graded_group(prompt_ids, 0, "3"))  # finished under weights "3", trained under "4"
+    result = await collect_rollout(
+        endpoint, 1, settings(target_groups=1, over_sampling_groups=1, partial_rollout=True,
+                              mask_offpolicy=mask, use_tis=tis, policy_version="4"),
+        lambda n: [], reward_by_group(lambda g, k: float(k)), buffer,
+    )
+    assert all(sum(s.loss_mask) == trained for s in result.groups[0])
+    assert result.stale_tokens == result.response_tokens == 3 * G
+    assert result.extra_metrics()["rollout/offpolicy_token_fraction"] == 1.0
+
+
+def test_only_the_tokens_of_older_weights_are_marked_stale():
+    s = Sample(index=0, group_index=0, prompt_ids=[1])
+    s.append_response([5, 6], [-0.1, -0.2], "1")
+    s.append_response([7, 8, 9], [-0.1, -0.2, -0.3], "2")
+    assert stale_token_handling(mask_offpolicy=False, use_tis=True) == "tis"
+    assert stale_token_handling(mask_offpolicy=False, use_tis=False) == "mask"
+    assert mark_stale([s], "2", mask=True) == (2, 5)
+    assert s.loss_mask == [0, 0, 1, 1, 1]
+
+
+# ---- spec knobs: maxContextLen, serverConcurrency, customGenerateFunctionPath, stop tokens ------------------
+
+async def test_max_context_len_clamps_responses_and_counts_prompts_without_room(endpoint, prompt_ids):
+    next_groups, _ = source(prompt_ids)
+    long_prompt = make_group(prompt_ids * 4, G, 500, 5000)
+    result = await collect_rollout(
+        endpoint, 0, settings(target_groups=2, over_sampling_groups=2, max_new_tokens=50,
+                              max_context_len=len(prompt_ids) + 6),
+        lambda n: [long_prompt, *next_groups(n - 1)], reward_by_group(lambda g, k: float(k)),
+        PartialRolloutBuffer(),
+    )
+    lengths = {g[0].group_index: [s.response_length for s in g] for g in result.groups}
+    assert lengths[500] == [0] * G and lengths[0] == [6] * G
+    assert result.over_context_samples == G
+
+
+async def test_engine_context_length_bounds_requests_when_the_spec_sets_none(tiny_model_dir, prompt_ids):
+    from kuberl.worker.rollout.embedded_engine import EngineArgs, serve_in_thread
+
+    handle = serve_in_thread(EngineArgs(model_path=str(tiny_model_dir), port=0, context_length=32))
+    try:
+        next_groups, _ = source(prompt_ids)
+        result = await collect_rollout(
+            EngineBalancer([EngineClient(handle.url)]), 0,
+            settings(target_groups=1, over_sampling_groups=1, max_new_tokens=200),
+            next_groups, reward_by_group(lambda g, k: float(k)), PartialRolloutBuffer(),
+        )  # without the clamp the engine answers 400 (prompt + max_new_tokens > 32)
+    finally:
+        handle.stop()
+    assert [s.response_length for s in result.groups[0]] == [32 - len(prompt_ids)] * G
+
+
+async def test_server_concurrency_bounds_requests_in_flight_per_engine(endpoint, prompt_ids):
+    next_groups, _ = source(prompt_ids)
+    result = await collect_rollout(
+        endpoint, 0, settings(target_groups=3, over_sampling_groups=3, max_new_tokens=16,
+                              server_concurrency=2),
+        next_groups, reward_by_group(lambda g, k: float(k)), PartialRolloutBuffer(),
+    )
+    assert len(result.groups) == 3 and result.peak_in_flight == 2
+
+
+async def custom_generate(args, sample, sampling_params, endpoint, evaluation=False):
+    """A user hook in slime's shape: generates through the endpoint it is given (no rid: one is assigned)."""
+    out = await endpoint.generate(sample.prompt_ids + sample.response_ids,
+                                  {**sampling_params, "max_new_tokens": 4})
+    sample.append_response(out.output_ids, out.logprobs, out.weight_version)
+    sample.status = SampleStatus.from_finish_type(out.finish_type)
+    sample.metadata["hook"] = (args, evaluation)
+    return sample
+
+
+async def test_custom_generate_function_replaces_generate_sample(endpoint, prompt_ids):
+    next_groups, _ = source(prompt_ids)
+    result = await collect_rollout(
+        endpoint, 0, settings(target_groups=2, over_sampling_groups=2, max_new_tokens=50,
+                              custom_generate=custom_generate),
+        next_groups, reward_by_group(lambda g, k: float(k)), PartialRolloutBuffer(),
+        filter_args="job-config",
+    )
+    samples = [s for g in result.groups for s in g]
+    assert all(s.metadata["hook"] == ("job-config", False) for s in samples)
+    assert all(s.response_length == 4 and s.status is SampleStatus.TRUNCATED for s in samples)
+
+
+def test_stop_token_ids_with_ignore_eos_are_refused_naming_the_field():
+    with pytest.raises(SpecError, match=r"spec\.rollout\.stopTokenIds"):
+        settings(sampling_params={"ignore_eos": True, "stop_token_ids": [2]})

@@ -237,3 +237,69 @@ async def test_glm4_model_is_served_with_forward_pass_logprobs(tmp_path):
     ref = torch.log_softmax(logits, -1).gather(1, torch.tensor(out.output_ids)[:, None]).squeeze(1)
     assert info["model_type"] == "glm4"
     assert torch.allclose(torch.tensor(out.logprobs), ref, atol=1e-4)
+
+
+# ---- what the twin copies from SGLang 0.5.14 (docs/rollout.md, "real SGLang vs the twin") ------------------
+
+async def test_abort_matches_the_exact_rid_and_a_prefix_aborts_nothing(thread_engine):
+    long = {"temperature": 1.0, "max_new_tokens": 200, "ignore_eos": True}
+    async with EngineClient(thread_engine.url) as c:
+        prefixed = asyncio.create_task(c.generate(PROMPTS[0], long, rid="pfx-0001"))
+        exact = asyncio.create_task(c.generate(PROMPTS[0], long, rid="pfx-0002"))
+        await started(thread_engine)
+        await c.abort("pfx-")  # 200, and nothing is aborted
+        await c.abort("pfx-0002")
+        assert (await exact).finish_type == "abort"
+        out = await prefixed
+    assert out.finish_reason == {"type": "length", "length": 200}
+
+
+async def test_abort_before_the_request_is_registered_is_dropped(thread_engine):
+    async with EngineClient(thread_engine.url) as c:
+        await c.abort("early-0001")  # nothing holds this rid yet: SGLang forgets the abort
+        out = await c.generate(PROMPTS[0], GREEDY, rid="early-0001")
+    assert out.finish_reason == {"type": "length", "length": 12}
+
+
+@pytest.fixture
+def deterministic_engine(tiny_model_dir):
+    from kuberl.worker.rollout.embedded_engine import EngineArgs, serve_in_thread
+
+    handle = serve_in_thread(EngineArgs(model_path=str(tiny_model_dir), port=0,
+                                        enable_deterministic_inference=True, context_length=512))
+    yield handle
+    handle.stop()
+
+
+async def test_sampling_seed_is_honoured_only_with_deterministic_inference(thread_engine,
+                                                                         deterministic_engine):
+    seeded = {"temperature": 1.0, "max_new_tokens": 12, "ignore_eos": True, "sampling_seed": 7}
+    async with EngineClient(thread_engine.url) as plain, \
+            EngineClient(deterministic_engine.url) as det:
+        free = [(await plain.generate(PROMPTS[0], seeded)).output_ids for _ in range(3)]
+        fixed = [(await det.generate(PROMPTS[0], seeded)).output_ids for _ in range(3)]
+        other = await det.generate(PROMPTS[0], {**seeded, "sampling_seed": 8})
+        assert (await plain.server_info())["enable_deterministic_inference"] is False
+    assert len({tuple(x) for x in free}) > 1  # the seed was ignored
+    assert fixed[0] == fixed[1] == fixed[2] and other.output_ids != fixed[0]
+
+
+async def test_stop_token_ids_are_ignored_under_ignore_eos(thread_engine):
+    async with EngineClient(thread_engine.url) as c:
+        free = await c.generate(PROMPTS[0], GREEDY)
+        out = await c.generate(PROMPTS[0], {**GREEDY, "stop_token_ids": [free.output_ids[3]]})
+        stopped = await c.generate(PROMPTS[0], {"temperature": 0.0, "max_new_tokens": 12,
+                                                "stop_token_ids": [free.output_ids[3]]})
+    assert out.output_ids == free.output_ids and out.finish_reason["type"] == "length"
+    assert stopped.finish_reason == {"type": "stop", "matched": free.output_ids[3]}
+
+
+async def test_server_info_context_length_is_null_unless_given_and_v1_models_has_it(
+    thread_engine, deterministic_engine
+):
+    async with EngineClient(thread_engine.url) as c, EngineClient(deterministic_engine.url) as d:
+        assert (await c.server_info())["context_length"] is None
+        assert (await c.models())["data"][0]["max_model_len"] == 1024
+        assert await c.context_length() == 1024
+        assert (await d.server_info())["context_length"] == 512
+        assert await d.context_length() == 512

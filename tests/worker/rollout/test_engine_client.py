@@ -7,6 +7,7 @@ from kuberl.worker.rollout.engine_client import (
     EngineClient,
     EngineHTTPError,
     GenerateOutput,
+    context_length_from,
     error_message,
 )
 from tests.worker.conftest import free_port
@@ -65,3 +66,11 @@ async def test_unreachable_engine_is_retryable_and_generate_is_not_retried():
         with pytest.raises(EngineHTTPError) as err:
             await c.generate([1], {})
     assert err.value.retryable and err.value.status is None and "unreachable" in str(err.value)
+
+
+def test_context_length_falls_back_from_server_info_to_v1_models_to_the_model_config():
+    models = {"data": [{"id": "m", "max_model_len": 4096}]}
+    assert context_length_from({"context_length": 2048}, models) == 2048
+    assert context_length_from({"context_length": None}, models) == 4096  # SGLang without the flag
+    assert context_length_from({"context_length": None}, {}, {"max_position_embeddings": 32768}) == 32768
+    assert context_length_from({}, {"data": [{"id": "m"}]}, None) is None

@@ -76,3 +76,25 @@ def test_sample_round_trips_through_dict():
     s.status = SampleStatus.COMPLETED
     t = Sample.from_dict(s.to_dict())
     assert t == s and t.tokens == [1, 2, 3] and t.effective_response_length == 2
+
+
+def test_seeded_sampling_gives_each_sample_its_own_seed():
+    from kuberl.worker.rollout.generate import request_params
+
+    group = make_group(PROMPT, 3, group_index=0, first_index=6)
+    seeds = [request_params({"sampling_seed": 42}, s, 8)["sampling_seed"] for s in group]
+    assert seeds == [48, 49, 50]
+    assert "sampling_seed" not in request_params({"temperature": 1.0}, group[0], 8)
+
+
+async def test_max_context_len_clamps_the_request_and_skips_prompts_without_room(thread_engine):
+    fits, too_long = make_group(PROMPT, 1, 0, 0)[0], Sample(index=1, group_index=1,
+                                                            prompt_ids=PROMPT * 3)
+    async with EngineClient(thread_engine.url) as c:
+        await generate_sample(c, fits, SAMPLING, max_new_tokens=50,
+                              max_context_len=len(PROMPT) + 5)
+        await generate_sample(c, too_long, SAMPLING, max_new_tokens=50,
+                              max_context_len=len(PROMPT) + 5)
+    assert fits.status is SampleStatus.TRUNCATED and fits.response_length == 5
+    assert too_long.status is SampleStatus.TRUNCATED and too_long.response_length == 0
+    assert too_long.metadata["over_context"] and "over_context" not in fits.metadata

@@ -38,3 +38,19 @@ def test_router_command_disables_retries_and_lists_workers():
     argv = router_command(["http://a:1", "http://b:2"], 30000, policy="round_robin")
     assert argv[:2] == ["smg", "launch"] and "--disable-retries" in argv
     assert argv[argv.index("--worker-urls") + 1:][:2] == ["http://a:1", "http://b:2"]
+
+
+def test_seeded_sampling_is_asked_for_with_enable_deterministic_inference_for_both_engines():
+    from kuberl.worker.rollout.embedded_engine import parse_args
+    from kuberl.worker.rollout.launcher import seeded_sampling
+
+    args = {"enableDeterministicInference": True}
+    assert seeded_sampling(args) and seeded_sampling(["--enable-deterministic-inference"])
+    assert not seeded_sampling({}) and not seeded_sampling({"enableDeterministicInference": False})
+    for kind in ("sglang", "embedded"):
+        argv = engine_command(EngineSpec(model_path="/m", port=1, kind=kind, server_args=args))
+        assert "--enable-deterministic-inference" in argv
+    # the twin understands the flag (it honours sampling_seed only with it, as SGLang 0.5.14)
+    argv = engine_command(EngineSpec(model_path="/m", port=1, server_args=args))
+    assert parse_args(argv[3:]).enable_deterministic_inference
+    assert not parse_args(["--model-path", "/m"]).enable_deterministic_inference
