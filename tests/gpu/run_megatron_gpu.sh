@@ -24,5 +24,12 @@ run() {  # name procs tp
 }
 run tp1 1 1
 if [ "$ngpu" -ge 2 ]; then run tp2 2 2; run dp2 2 1; else echo "only $ngpu GPU: TP2/DP2 skipped"; fi
+echo "================ summary (logs: $OUT/{tp1,tp2,dp2}.log)"
+for f in "$OUT"/tp1.log "$OUT"/tp2.log "$OUT"/dp2.log; do
+  [ -f "$f" ] || continue
+  printf '%-8s PASS %2d  FAIL %2d\n' "$(basename "$f" .log)" "$(grep -c '^PASS' "$f")" "$(grep -c '^FAIL' "$f")"
+  grep -E '^FAIL' "$f" | cut -c1-200
+done
+grep -h '^PASS GRPO\|^FAIL GRPO' "$OUT"/*.log
 echo "megatron GPU checks exit status: $status"
 exit $status
