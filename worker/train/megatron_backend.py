@@ -97,6 +97,7 @@ class MegatronBackendConfig:
     dtype: str = "bfloat16"  # "float32" for parity tests
     use_transformer_engine: bool | None = None  # None: when importable
     logits_chunk_size: int | None = 4096
+    device: str = "cuda"  # "cpu" only for the gloo CPU tests (megatron-core is CUDA-first)
 
     @classmethod
     def from_worker_config(cls, config: Any) -> MegatronBackendConfig:
@@ -147,6 +148,17 @@ def rank_micro_batches(
     return [[idx[j] for j in mb] for mb in local]
 
 
+def uses_distributed_optimizer(optimizer: dict[str, Any]) -> bool:
+    """Adam(W) runs under megatron's distributed optimizer; plain SGD does not.
+
+    Megatron's DistributedOptimizer only accepts optimizers whose state it knows how to checkpoint
+    (Adam-like ``exp_avg``/``exp_avg_sq``, or an ``init_state_fn``); momentum-free SGD has no state to
+    shard, so it runs as megatron's replicated (Float16/FP32) optimizer wrapper: same update, and the
+    only thing lost is ZeRO-1 sharding of an optimizer state that does not exist.
+    """
+    return optimizer["type"] != "sgd"
+
+
 def is_dist_checkpoint(path: str | Path | None) -> bool:
     """True for a directory written by megatron's ``dist_checkpointing`` (ours or ``kuberl convert``)."""
     return path is not None and (Path(path) / DIST_CKPT_MARKER).is_file()
@@ -159,12 +171,12 @@ class MegatronBackend:
         import torch.distributed as dist
         from megatron.core import parallel_state as ps
 
-        if not torch.cuda.is_available():
+        if config.device == "cuda" and not torch.cuda.is_available():
             raise SpecError([
                 "spec.backends.trainer: megatron needs CUDA GPUs on the trainer; use torch on CPU"
             ])
         self.config = config
-        self.device = torch.device("cuda")
+        self.device = torch.device(config.device)
         self.dtype = torch.float32 if config.dtype == "float32" else torch.bfloat16
         self.use_te = (
             transformer_engine_available() if config.use_transformer_engine is None
@@ -229,7 +241,8 @@ class MegatronBackend:
         if not trainable:
             return module
         ddp = DistributedDataParallelConfig(
-            grad_reduce_in_fp32=True, overlap_grad_reduce=False, use_distributed_optimizer=True,
+            grad_reduce_in_fp32=True, overlap_grad_reduce=False,
+            use_distributed_optimizer=uses_distributed_optimizer(self.config.optimizer),
         )
         return DistributedDataParallel(config=module.config, ddp_config=ddp, module=module)
 
@@ -246,7 +259,7 @@ class MegatronBackend:
             # Clipping off = a bound no norm reaches, so the norm is still computed and reported.
             clip_grad=clip if clip > 0 else 1e30,
             bf16=self.dtype == torch.bfloat16, params_dtype=self.dtype,
-            use_distributed_optimizer=True,
+            use_distributed_optimizer=uses_distributed_optimizer(opt),
         )
         return get_megatron_optimizer(cfg, [self.model])
 
@@ -458,8 +471,41 @@ class MegatronBackend:
             raise CheckpointError(f"{directory} is not a Megatron dist checkpoint (no {DIST_CKPT_MARKER})")
         state = dist_checkpointing.load(self._sharded_state(loading=True), str(directory))
         self.model.module.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self._load_optimizer_state(state["optimizer"])
         self.steps = int(state["steps"])
+
+    def _load_optimizer_state(self, state: dict[str, Any]) -> None:
+        """Restore the optimizer; works around megatron-core 0.19.2 with torch's AdamW (no TE/apex).
+
+        Megatron's DistributedOptimizer first loads torch's per-parameter state (each entry gets
+        torch's ``step`` tensor), then copies the checkpointed parameter state into every TENSOR state
+        entry, but its reshardable loaders drop ``step`` from the source, so the copy raises
+        ``KeyError: 'step'``. We run the same two public stages ourselves and hold torch's ``step``
+        aside during the second one (it was already restored by the first).
+        """
+        from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+        inner = getattr(self.optimizer, "chained_optimizers", [self.optimizer])
+        if len(inner) != 1 or not isinstance(inner[0], DistributedOptimizer) or "param_state" not in state:
+            self.optimizer.load_state_dict(state)
+            return
+        dist_opt = inner[0]
+        param_state = state.pop("param_state")
+        kind = state.pop("param_state_sharding_type")
+        dist_opt.load_state_dict(state)  # param groups, torch state incl. step, grad scaler
+        torch_state = dist_opt.optimizer.state
+        held = {p: torch_state[p].pop("step") for p in list(torch_state) if "step" in torch_state[p]}
+        try:
+            loaders = {
+                "fully_reshardable": dist_opt.load_parameter_state_from_fully_reshardable,
+                "fully_sharded_model_space": dist_opt.load_parameter_state_from_fs_model_space,
+                "dp_reshardable": dist_opt.load_parameter_state_from_dp_reshardable,
+                "dp_zero_gather_scatter": dist_opt.load_parameter_state_from_dp_zero,
+            }
+            loaders[kind](param_state)
+        finally:
+            for p, step in held.items():
+                torch_state[p]["step"] = step
 
     def _load_model_dist(self, module: Any, directory: Path) -> None:
         """Load only the model part of a dist checkpoint (refLoad, or a converted HF checkpoint)."""

@@ -155,6 +155,30 @@ def transformer_config(
     )
 
 
+def _replicated_norm_state(
+    module: Any, norm: Any, name: str, prefix: str, sharded_offsets: tuple, metadata: dict | None,
+    sharded: dict[str, Any],
+) -> dict[str, Any]:
+    """Replace ``name``'s entries of ``sharded`` by ones marked replicated over the TP group.
+
+    A norm's weight is the same on every TP rank, so each rank's ShardedTensor must carry its TP rank
+    in ``replica_id`` (only TP rank 0 writes). megatron's MLP.sharded_state_dict builds its children's
+    entries without its TP group, which marks a plain norm as TP rank 0 on every rank (two writers).
+    """
+    from megatron.core.transformer.utils import sharded_state_dict_default
+
+    tp_group = getattr(module, "tp_group", None)
+    if tp_group is None:
+        from megatron.core import parallel_state
+
+        tp_group = parallel_state.get_tensor_model_parallel_group()
+    sub = f"{prefix}{name}."
+    fixed = sharded_state_dict_default(norm, sub, sharded_offsets, metadata, tp_group=tp_group)
+    out = {k: v for k, v in sharded.items() if not k.startswith(sub)}
+    out.update(fixed)
+    return out
+
+
 def _sandwich_classes(norm_cls: Any, attn_base: type, mlp_base: type) -> tuple[type, type]:
     """GLM4's attention / MLP: the spec's megatron modules plus a post-norm of the spec's norm class."""
 
@@ -172,6 +196,13 @@ def _sandwich_classes(norm_cls: Any, attn_base: type, mlp_base: type) -> tuple[t
             assert bias is None, "GLM4 has no attention output bias"
             return self.post_self_attn_layernorm(output), None
 
+        def sharded_state_dict(
+            self, prefix: str = "", sharded_offsets: tuple = (), metadata: dict | None = None
+        ) -> dict[str, Any]:
+            sharded = super().sharded_state_dict(prefix, sharded_offsets, metadata)
+            return _replicated_norm_state(self, self.post_self_attn_layernorm, "post_self_attn_layernorm",
+                                          prefix, sharded_offsets, metadata, sharded)
+
     class SandwichMLP(mlp_base):  # type: ignore[valid-type,misc]
         """MLP whose output is RMS-normalised before the residual add (GLM4)."""
 
@@ -185,6 +216,13 @@ def _sandwich_classes(norm_cls: Any, attn_base: type, mlp_base: type) -> tuple[t
             output, bias = super().forward(*args, **kwargs)
             assert bias is None, "GLM4 has no MLP output bias"
             return self.post_mlp_layernorm(output), None
+
+        def sharded_state_dict(
+            self, prefix: str = "", sharded_offsets: tuple = (), metadata: dict | None = None
+        ) -> dict[str, Any]:
+            sharded = super().sharded_state_dict(prefix, sharded_offsets, metadata)
+            return _replicated_norm_state(self, self.post_mlp_layernorm, "post_mlp_layernorm",
+                                          prefix, sharded_offsets, metadata, sharded)
 
     return SandwichSelfAttention, SandwichMLP
 

@@ -59,3 +59,10 @@ def test_loss_summed_over_simulated_ranks_equals_one_batch_loss() -> None:
         whole = part(list(range(len(samples))))
         split = sum(part(mb) for r in range(3) for mb in rank_micro_batches(samples, r, 3, budget=100))
         assert split == pytest.approx(whole, rel=1e-12, abs=1e-12)
+
+
+def test_adam_runs_on_the_distributed_optimizer_and_stateless_sgd_on_the_replicated_one() -> None:
+    from kuberl.worker.train.megatron_backend import uses_distributed_optimizer
+
+    assert uses_distributed_optimizer({"type": "adam"})
+    assert not uses_distributed_optimizer({"type": "sgd"})
