@@ -29,7 +29,7 @@ big=$!
 stamp "protocol suite (bf16 tolerances stated in the test)"
 KUBERL_SGLANG_URL=http://127.0.0.1:30000 KUBERL_SGLANG_URL_2=http://127.0.0.1:30001 \
 KUBERL_SGLANG_MODEL_PATH=/tmp/m-small \
-  timeout 240 python3 -m pytest tests/worker/rollout/test_protocol.py -p no:cacheprovider -q -ra \
+  timeout 240 python3 -m pytest tests/worker/rollout/test_protocol.py -o pythonpath=/tmp/kuberl-path -p no:cacheprovider -q -ra \
   2>&1 | tee "$OUT/protocol.log" | tail -40
 wait $big; grep -v "^export" "$OUT/start-1p5b.log"
 stamp "throughput bench on :30002 (Qwen2.5-1.5B shape, dummy weights)"

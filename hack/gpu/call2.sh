@@ -15,13 +15,13 @@ python3 hack/gpu/unpack_wheels.py --missing-only /tmp/kuberl-wheels .whl/ray
 stamp "router test"
 KUBERL_SGLANG_URL=http://127.0.0.1:30000 KUBERL_SGLANG_URL_2=http://127.0.0.1:30001 \
 KUBERL_SGLANG_MODEL_PATH=/tmp/m-small \
-  timeout 150 python3 -m pytest tests/worker/rollout/test_protocol.py -p no:cacheprovider -q -ra -k smg \
+  timeout 200 python3 -m pytest tests/worker/rollout/test_protocol.py -o pythonpath=/tmp/kuberl-path -p no:cacheprovider -q -ra -k smg \
   2>&1 | tee "$OUT/router.log" | tail -30
 python3 hack/gpu/stop-port.py 30000; python3 hack/gpu/stop-port.py 30001
 stamp "GRPO loop with a real engine"
 gpu=0; [ "$NGPU" -ge 2 ] && gpu=1
-timeout 420 python3 bench/real_engine_grpo.py --engine sglang --rollouts ${ROLLOUTS:-20} \
-  --base-gpu-id $gpu --workdir /tmp/grpo-bench --out-dir "$OUT"
+(cd /tmp && timeout 420 python3 "$ROOT"/bench/real_engine_grpo.py --engine sglang --rollouts ${ROLLOUTS:-20} \
+  --base-gpu-id $gpu --workdir /tmp/grpo-bench --out-dir "$OUT")  # from /tmp: Ray workers put the cwd first on sys.path, and the repo's kuberl/ would shadow the mapped package
 echo "real_engine_grpo exit code: $?"
 cp /tmp/grpo-bench/run/engine-0.log /tmp/grpo-bench/run/metrics.jsonl "$OUT/" 2>/dev/null
 stamp "done"

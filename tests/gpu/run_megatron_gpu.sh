@@ -31,8 +31,10 @@ bench() {  # name procs
   timeout "$t" python -m torch.distributed.run --nproc_per_node="$2" "$REPO/bench/trainer_bench.py" \
     > "$OUT/$1.log" 2>&1 || echo "$1 exited non-zero (see $OUT/$1.log)"
 }
-bench bench1 1
-if [ "$ngpu" -ge 2 ]; then bench bench2 2; fi
+if [ "${SKIP_BENCH:-0}" = 1 ]; then echo "SKIP_BENCH=1: trainer bench not run"; else
+  bench bench1 1
+  if [ "$ngpu" -ge 2 ]; then bench bench2 2; fi
+fi
 echo "================ summary (logs: $OUT/{tp1,tp2,dp2}.log)"
 for f in "$OUT"/tp1.log "$OUT"/tp2.log "$OUT"/dp2.log; do
   [ -f "$f" ] || continue

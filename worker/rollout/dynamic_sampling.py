@@ -269,7 +269,14 @@ async def collect_rollout(
                 break
             for s in failed:  # an engine went away: requeue on the remaining ones
                 s.status = SampleStatus.PENDING
-            log.warning("retrying %d samples after engine failure (attempt %d)", len(failed), attempt + 1)
+            log.warning("retrying %d samples after engine failure (attempt %d): %s", len(failed),
+                        attempt + 1, failed[0].metadata.get("error"))
+            # A blip (a dropped connection) must not take the only engine out for good: engines
+            # marked down are probed and put back when /health_generate answers again.
+            restore = getattr(endpoint, "restore", None)
+            if restore is not None:
+                await asyncio.sleep(min(2.0, 0.25 * 2**attempt))
+                await restore()
         else:
             raise EngineError(
                 f"samples of group {group[0].group_index} failed on every engine after "

@@ -151,7 +151,9 @@ class EngineClient:
         self.retries = retries
         self.backoff_s = backoff_s
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
+        # Idle connections expire before uvicorn's 5 s keep-alive: reusing one the server is closing
+        # fails a /generate with "server disconnected", which must not be resent (samples would double).
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=64, keepalive_expiry=2.0)
         self._own = client is None
         self._client = client or httpx.AsyncClient(timeout=timeout, limits=limits)
         self._headers = headers

@@ -62,6 +62,19 @@ def forward_logprobs(model, prompt: list[int], output: list[int], temperature: f
     return lp.gather(1, torch.tensor(output)[:, None]).squeeze(1).tolist()
 
 
+def reload_bound(model, output: list[int], ref: list[float]) -> float:
+    """The reload check's bound. fp32 (the twin): RELOAD_TOL. bf16 (real SGLang): the perturbed weights
+    give large logits whose bf16 error depends on the model, so the bound is twice Hugging Face's own
+    bf16 error on the same tokens plus the per-token TOL (the form the Megatron parity test uses);
+    KUBERL_RELOAD_LOGPROB_TOL overrides it."""
+    if not REAL or "KUBERL_RELOAD_LOGPROB_TOL" in os.environ:
+        return RELOAD_TOL
+    import copy
+
+    bf16 = forward_logprobs(copy.deepcopy(model).to(torch.bfloat16), PROMPT, output, 0.0)
+    return 2 * max(abs(a - b) for a, b in zip(bf16, ref, strict=True)) + TOL
+
+
 async def wait_running(url: str, timeout_s: float = 30.0) -> None:
     """Until the engine reports a running request and has stepped a little."""
     await wait_running_any([url], timeout_s)
@@ -155,9 +168,10 @@ async def test_stop_token_ids_are_ignored_when_ignore_eos_is_set(engine_url):
 async def test_stop_string_is_matched_and_trimmed(engine_url):
     async with EngineClient(engine_url) as c:
         free = await c.generate(PROMPT, {**GREEDY, "max_new_tokens": 24})
-        candidates = [ch for ch in free.text[3:] if ch.isalnum()]
+        # A random-weight model's text may hold no letters at all: any visible character will do.
+        candidates = [ch for ch in free.text[3:] if not ch.isspace()]
         if not candidates:
-            pytest.skip("greedy text has no alphanumeric character to stop on")
+            pytest.skip("greedy text has no visible character to stop on")
         stop = candidates[0]
         out = await c.generate(PROMPT, {**GREEDY, "max_new_tokens": 24, "stop": [stop]})
     assert out.finish_reason == {"type": "stop", "matched": stop}
@@ -259,7 +273,8 @@ async def test_weight_reload_from_disk_changes_outputs_and_version(
             assert after.weight_version == "step-1"
             assert after.output_ids != before.output_ids
             ref = forward_logprobs(reference_model, PROMPT, after.output_ids, 0.0)
-            assert max(abs(a - b) for a, b in zip(after.logprobs, ref, strict=True)) < RELOAD_TOL
+            err = max(abs(a - b) for a, b in zip(after.logprobs, ref, strict=True))
+            assert err < reload_bound(reference_model, after.output_ids, ref), err
         finally:
             await c.update_weights_from_disk(str(model_path), weight_version="default")
             for p, q in zip(reference_model.parameters(), _fresh(model_path).parameters(),
