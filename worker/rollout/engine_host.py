@@ -13,10 +13,19 @@ from typing import Any
 from kuberl.worker.rollout.launcher import EngineSpec, ManagedProcess, launch_engine
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
+def free_port(low: int = 20000, high: int = 55000) -> int:
+    """A free port below 55000: SGLang also binds port + 10000 (gRPC) and refuses one above 65535."""
+    import random
+
+    for _ in range(200):
+        port = random.randrange(low, high)
+        with socket.socket() as s:
+            try:
+                s.bind(("", port))
+            except OSError:
+                continue
+            return port
+    raise OSError(f"no free port in [{low}, {high})")
 
 
 def node_ip() -> str:
