@@ -45,7 +45,8 @@ from kuberl.worker.rollout.engine_host import EngineHost
 from kuberl.worker.rollout.partial_rollout_buffer import PartialRolloutBuffer
 from kuberl.worker.rollout.sample import Sample
 from kuberl.worker.train.batch import TrainSample
-from kuberl.worker.train.trainer_actor import TrainerActor, check_backend_available
+from kuberl.worker.train.trainer_actor import check_backend_available
+from kuberl.worker.train.trainer_group import TrainerGroup
 
 log = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the driver's log
@@ -191,12 +192,10 @@ class Driver:
         def on(group: Any, index: int) -> Any:
             return PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=index)
 
-        trainer_cls = ray.remote(TrainerActor)
-        self.trainer = trainer_cls.options(
-            scheduling_strategy=on(groups["trainer"], 0),
-            num_cpus=plan.trainer_bundles[0].get("CPU", 1),
-            num_gpus=plan.trainer_bundles[0].get("GPU", 0),
-        ).remote(self.config.trainer_backend, self.config)
+        # One trainer rank per trainer bundle; they build their backends while the engines start.
+        self.trainer = TrainerGroup.create(
+            self.config.trainer_backend, self.config, groups["trainer"], plan.trainer_bundles
+        )
         host_cls = ray.remote(EngineHost)
         spec = {
             "model_path": self.config.hf_checkpoint,
@@ -215,7 +214,8 @@ class Driver:
             for i, bundle in enumerate(plan.rollout_bundles)
         ]
         self.engine_urls = ray.get([e.start.remote() for e in self._engines])
-        ray.get(self.trainer.ping.remote())
+        self.trainer.ping()
+        log.info("%d trainer rank(s) ready", self.trainer.world_size)
         log.info("engines ready at %s", self.engine_urls)
         self._resume()
         if self.options.metrics_port is not None:
@@ -311,19 +311,17 @@ class Driver:
         return out
 
     def _train(self, groups: list[list[Sample]]) -> dict[str, float]:
-        import ray
-
         c = self.config
         t0 = time.perf_counter()
         samples = to_train_samples(groups)
         # With one optimizer step per rollout the old policy is the current weights, which the train
         # step computes anyway: the separate pass is only needed for several steps or a KL penalty.
         needs_old = c.num_steps_per_rollout > 1 or c.algorithm["kl_coef"] > 0
-        old = ray.get(self.trainer.compute_logprobs.remote(samples)) if needs_old else None
+        old = self.trainer.compute_logprobs(samples) if needs_old else None
         needs_ref = (c.algorithm["use_kl_loss"] and c.algorithm["kl_loss_coef"] > 0) or (
             c.algorithm["kl_coef"] > 0
         )
-        ref = ray.get(self.trainer.compute_logprobs.remote(samples, True)) if needs_ref else None
+        ref = self.trainer.compute_logprobs(samples, True) if needs_ref else None
         for i, s in enumerate(samples):
             s.old_logprobs = old[i] if old is not None else None
             s.ref_logprobs = ref[i] if ref is not None else None
@@ -332,7 +330,7 @@ class Driver:
         merged: dict[str, list[float]] = {}
         step_size = max(1, len(samples) // c.num_steps_per_rollout)
         for start in range(0, len(samples), step_size):
-            metrics = ray.get(self.trainer.train_step.remote(samples[start : start + step_size]))
+            metrics = self.trainer.train_step(samples[start : start + step_size])
             for key, value in metrics.items():
                 merged.setdefault(key, []).append(value)
         out = {k: statistics.fmean(v) for k, v in merged.items()}
