@@ -34,7 +34,14 @@ ADAM = {"type": "adam", "lr": 1e-3, "min_lr": 0.0, "lr_decay_style": "constant",
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[None]:
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=6, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    for attempt in range(3):  # Ray's 30 s start-up wait can lapse on a busy CI machine
+        try:
+            ray.init(num_cpus=6, include_dashboard=False, configure_logging=False, log_to_driver=False)
+            break
+        except Exception:
+            ray.shutdown()
+            if attempt == 2:
+                raise
     yield
     ray.shutdown()
 
