@@ -340,7 +340,9 @@ class TorchBackend:
             yield name, tensor.detach()
 
     def export_hf_checkpoint(self, directory: Path) -> None:
-        self.model.save_pretrained(directory)
+        """Rank 0 writes (every rank holds the same weights)."""
+        if self.dp_rank == 0:
+            self.model.save_pretrained(directory)
 
     def save(self, directory: Path) -> None:
         """Rank 0 writes the full state (weights are replicated), so any DP size can load it.

@@ -58,7 +58,7 @@ def build_backend(kind: str, config: Any) -> TrainerBackend:
     check_backend_available(kind)
     if kind == "megatron":
         try:
-            from kuberl.worker.train.megatron_backend import MegatronBackend
+            from kuberl.worker.train.megatron_backend import MegatronBackend, MegatronBackendConfig
         except ImportError as exc:
             from kuberl.errors import SpecError
 
@@ -66,7 +66,9 @@ def build_backend(kind: str, config: Any) -> TrainerBackend:
                 f"spec.backends.trainer: the megatron trainer backend cannot be imported ({exc}); "
                 f"install it with {MEGATRON_INSTALL_HINT} or set spec.backends.trainer: torch"
             ]) from exc
-        return MegatronBackend(config)
+        if isinstance(config, MegatronBackendConfig):
+            return MegatronBackend(config)
+        return MegatronBackend(MegatronBackendConfig.from_worker_config(config))
     from kuberl.worker.train.torch_backend import TorchBackend, TorchBackendConfig
 
     if isinstance(config, TorchBackendConfig):
@@ -134,15 +136,18 @@ class TrainerActor:
     ) -> SyncStats | None:
         """Push the current policy weights to every engine and set their weight version.
 
-        Every rank is called; ranks other than 0 only iterate the weights (a collective for sharded
-        backends) and send nothing.
+        Every rank is called; ranks other than 0 take part in the same collectives (gathering the
+        weights, or the export that rank 0 writes) and send nothing.
         """
+        path = self._scratch / version
         if self.rank != 0:
-            for _ in self.backend.named_weights():
-                pass
+            if transport == "disk":
+                self.backend.export_hf_checkpoint(path)  # collective; the backend's rank 0 writes
+            else:
+                for _ in self.backend.named_weights():
+                    pass
             return None
         if transport == "disk":
-            path = self._scratch / version
             self.backend.export_hf_checkpoint(path)
             return asyncio.run(push_disk(urls, path, version))
         named = list(self.backend.named_weights())
