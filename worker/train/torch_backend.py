@@ -365,6 +365,13 @@ class TorchBackend:
         """Every rank reads the same files (the checkpoint lives on storage all trainer pods mount)."""
         from transformers import AutoModelForCausalLM
 
+        if not (directory / "model").is_dir():
+            from kuberl.errors import CheckpointError
+
+            raise CheckpointError(
+                f"{directory} holds no torch-backend checkpoint (no model/ folder); spec.checkpoint.load "
+                "must name a checkpoint written by spec.backends.trainer: torch"
+            )
         loaded = AutoModelForCausalLM.from_pretrained(directory / "model", dtype=self.model.dtype)
         self.model.load_state_dict(loaded.state_dict())
         optim_file, state_file = directory / "optimizer.pt", directory / "trainer_state.pt"

@@ -199,5 +199,5 @@ def test_a_failing_rank_raises_instead_of_hanging(groups: Groups, tiny_model_dir
     import ray
 
     two = groups.make(2, config(tiny_model_dir, SGD))
-    with pytest.raises(ray.exceptions.RayTaskError, match="No such file"):
+    with pytest.raises(ray.exceptions.RayTaskError, match="holds no torch-backend checkpoint"):
         two.load("/nonexistent/kuberl-checkpoint")
