@@ -138,6 +138,8 @@ def all_reduce_gradients(params: Sequence[torch.nn.Parameter]) -> None:
 
 def _all_reduce_flat(tensors: list[torch.Tensor]) -> None:
     flat = torch.cat([t.reshape(-1) for t in tensors])
+    if flat.dtype in (torch.bfloat16, torch.float16):
+        flat = flat.float()  # sum 16-bit gradients in fp32, round once
     dist.all_reduce(flat)
     offset = 0
     for t in tensors:

@@ -7,6 +7,7 @@ import datetime
 import hashlib
 import importlib.util
 import logging
+import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -90,7 +91,8 @@ def init_process_group(
     import torch.distributed as dist
 
     if cuda:
-        torch.cuda.set_device(0)  # Ray shows each rank only its own GPU
+        # Ray shows each rank only its own GPU (device 0); under torchrun LOCAL_RANK picks it.
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     dist.init_process_group(
         backend="nccl" if cuda else "gloo",
         init_method=f"tcp://{master_addr}:{master_port}",
