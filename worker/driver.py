@@ -176,16 +176,20 @@ class Driver:
         import ray
 
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+        use_gpus = self.options.in_cluster and self.config.device != "cpu"
+        plan = plan_placement(self.config, use_gpus=use_gpus)
+        # A local Ray gets at least the plan's CPU bundles (logical CPUs: several CPU trainer ranks and
+        # the engines may share fewer cores).
+        needed = sum(b.get("CPU", 0) for b in plan.trainer_bundles + plan.rollout_bundles)
         if not ray.is_initialized():
             ray.init(
                 address=self.options.ray_address,
                 include_dashboard=False,
                 log_to_driver=True,
                 configure_logging=False,
-                num_cpus=None if self.options.ray_address else max(2, os.cpu_count() or 2),
+                num_cpus=None if self.options.ray_address
+                else max(2, os.cpu_count() or 2, int(needed + 0.999)),
             )
-        use_gpus = self.options.in_cluster and self.config.device != "cpu"
-        plan = plan_placement(self.config, use_gpus=use_gpus)
         groups = create_placement_groups(plan)
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
