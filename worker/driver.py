@@ -188,7 +188,7 @@ class Driver:
                 log_to_driver=True,
                 configure_logging=False,
                 num_cpus=None if self.options.ray_address
-                else max(2, os.cpu_count() or 2, int(needed + 0.999)),
+                else max(2, os.cpu_count() or 2, int(needed)),
             )
         groups = create_placement_groups(plan)
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
