@@ -57,7 +57,8 @@ from kuberl.worker.rollout.launcher import seeded_sampling
 from kuberl.worker.rollout.partial_rollout_buffer import PartialRolloutBuffer
 from kuberl.worker.rollout.sample import Sample
 from kuberl.worker.train.batch import TrainSample
-from kuberl.worker.train.trainer_actor import TrainerActor, check_backend_available
+from kuberl.worker.train.trainer_actor import check_backend_available
+from kuberl.worker.train.trainer_group import TrainerGroup
 
 log = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the driver's log
@@ -190,6 +191,11 @@ class Driver:
         import ray
 
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+        use_gpus = self.options.in_cluster and self.config.device != "cpu"
+        plan = plan_placement(self.config, use_gpus=use_gpus)
+        # A local Ray gets at least the plan's CPU bundles (logical CPUs: several CPU trainer ranks and
+        # the engines may share fewer cores).
+        needed = sum(b.get("CPU", 0) for b in plan.trainer_bundles + plan.rollout_bundles)
         if not ray.is_initialized():
             local = self.options.ray_address is None
             # A local Ray listens on loopback only, and its processes inherit an ignored SIGINT: a
@@ -200,23 +206,20 @@ class Driver:
                     include_dashboard=False,
                     log_to_driver=True,
                     configure_logging=False,
-                    num_cpus=None if self.options.ray_address else max(2, os.cpu_count() or 2),
+                    num_cpus=None if self.options.ray_address
+                    else max(2, os.cpu_count() or 2, int(needed)),
                     **({"_node_ip_address": "127.0.0.1"} if local else {}),
                 )
-        use_gpus = self.options.in_cluster and self.config.device != "cpu"
-        plan = plan_placement(self.config, use_gpus=use_gpus)
         groups = create_placement_groups(plan)
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         def on(group: Any, index: int) -> Any:
             return PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=index)
 
-        trainer_cls = ray.remote(TrainerActor)
-        self.trainer = trainer_cls.options(
-            scheduling_strategy=on(groups["trainer"], 0),
-            num_cpus=plan.trainer_bundles[0].get("CPU", 1),
-            num_gpus=plan.trainer_bundles[0].get("GPU", 0),
-        ).remote(self.config.trainer_backend, self.config)
+        # One trainer rank per trainer bundle; they build their backends while the engines start.
+        self.trainer = TrainerGroup.create(
+            self.config.trainer_backend, self.config, groups["trainer"], plan.trainer_bundles
+        )
         host_cls = ray.remote(EngineHost)
         spec = {
             "model_path": self.config.hf_checkpoint,
@@ -235,7 +238,8 @@ class Driver:
             for i, bundle in enumerate(plan.rollout_bundles)
         ]
         self.engine_urls = ray.get([e.start.remote() for e in self._engines])
-        ray.get(self.trainer.ping.remote())
+        self.trainer.ping()
+        log.info("%d trainer rank(s) ready", self.trainer.world_size)
         log.info("engines ready at %s", self.engine_urls)
         self._resume()
         if self.options.metrics_port is not None:
@@ -344,19 +348,17 @@ class Driver:
         return out
 
     def _train(self, groups: list[list[Sample]]) -> dict[str, float]:
-        import ray
-
         c = self.config
         t0 = time.perf_counter()
         samples = to_train_samples(groups)
         # With one optimizer step per rollout the old policy is the current weights, which the train
         # step computes anyway: the separate pass is only needed for several steps or a KL penalty.
         needs_old = c.num_steps_per_rollout > 1 or c.algorithm["kl_coef"] > 0
-        old = ray.get(self.trainer.compute_logprobs.remote(samples)) if needs_old else None
+        old = self.trainer.compute_logprobs(samples) if needs_old else None
         needs_ref = (c.algorithm["use_kl_loss"] and c.algorithm["kl_loss_coef"] > 0) or (
             c.algorithm["kl_coef"] > 0
         )
-        ref = ray.get(self.trainer.compute_logprobs.remote(samples, True)) if needs_ref else None
+        ref = self.trainer.compute_logprobs(samples, True) if needs_ref else None
         for i, s in enumerate(samples):
             s.old_logprobs = old[i] if old is not None else None
             s.ref_logprobs = ref[i] if ref is not None else None
@@ -365,7 +367,7 @@ class Driver:
         merged: dict[str, list[float]] = {}
         step_size = max(1, len(samples) // c.num_steps_per_rollout)
         for start in range(0, len(samples), step_size):
-            metrics = ray.get(self.trainer.train_step.remote(samples[start : start + step_size]))
+            metrics = self.trainer.train_step(samples[start : start + step_size])
             for key, value in metrics.items():
                 merged.setdefault(key, []).append(value)
         out = {k: statistics.fmean(v) for k, v in merged.items()}

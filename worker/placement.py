@@ -3,10 +3,15 @@
 In a cluster each trainer rank gets one GPU on a trainer pod and each engine ``gpusPerEngine`` GPUs on a
 rollout pod (or, colocated, the same GPUs as the trainer, taking turns). Locally everything gets CPU
 bundles, so the same driver code path runs on a laptop.
+
+Trainer ranks: one per actor GPU (``actorNumNodes x actorNumGpusPerNode``). Without GPUs, a job with
+``spec.backends.device: cpu`` gets that many CPU ranks too (gloo between them), so multi-rank training runs
+and is tested on a laptop; any other local device gets one rank.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,14 +36,46 @@ class PlacementPlan:
         return len(self.rollout_bundles)
 
 
+@dataclass(frozen=True)
+class TrainerRank:
+    """One trainer process: its torch.distributed rank and the trainer placement-group bundle it runs on."""
+
+    rank: int
+    world_size: int
+    bundle_index: int
+    node: str
+
+
+def num_trainer_ranks(config: Any, *, use_gpus: bool) -> int:
+    """Trainer ranks for a resolved config: actor GPUs, or as many CPU ranks when the device is ``cpu``."""
+    if use_gpus or config.device == "cpu":
+        return config.actor_num_gpus
+    return 1
+
+
+def plan_ranks(bundle_nodes: Sequence[str]) -> list[TrainerRank]:
+    """Return the trainer ranks, given the node each trainer bundle landed on (bundle index order).
+
+    Ray's PACK strategy may interleave bundles over nodes; ranks are renumbered so each node's ranks are
+    contiguous (tensor-parallel groups stay inside a node) while rank 0 stays on bundle 0. Nodes come in
+    the order of their lowest bundle index, a node's bundles in ascending order.
+    """
+    first_seen: dict[str, int] = {}
+    for index, node in enumerate(bundle_nodes):
+        first_seen.setdefault(node, index)
+    order = sorted(range(len(bundle_nodes)), key=lambda i: (first_seen[bundle_nodes[i]], i))
+    world = len(order)
+    return [TrainerRank(rank, world, index, bundle_nodes[index]) for rank, index in enumerate(order)]
+
+
 def plan_placement(config: Any, *, use_gpus: bool) -> PlacementPlan:
     """Return the placement plan for a resolved worker config.
 
-    ``use_gpus`` is False for local CPU runs: one trainer rank (the torch backend is single-process) and one
-    CPU per engine. With GPUs, ranks = actor GPUs; engines = rollout GPUs / gpusPerEngine.
+    ``use_gpus`` is False for local CPU runs: one CPU bundle per trainer rank (``num_trainer_ranks``) and
+    one CPU per engine. With GPUs, ranks = actor GPUs; engines = rollout GPUs / gpusPerEngine.
     """
     if not use_gpus:
-        trainer = [{"CPU": 1.0}]
+        trainer = [{"CPU": 1.0} for _ in range(num_trainer_ranks(config, use_gpus=False))]
         rollout = [{"CPU": 1.0} for _ in range(max(1, config.num_engines))]
         return PlacementPlan(trainer, rollout, config.colocate, "PACK")
     trainer = [{"GPU": 1.0, "CPU": 1.0, TRAINER_RESOURCE: 1.0} for _ in range(config.actor_num_gpus)]

@@ -58,10 +58,12 @@ def test_train_samples_carry_tokens_masks_and_grpo_advantages() -> None:
     assert samples[2].advantages == [0.0] and samples[3].advantages == [0.0] * 4
 
 
-def test_unbuilt_trainer_backend_fails_before_anything_starts(tmp_path) -> None:
+def test_megatron_without_megatron_core_fails_before_anything_starts(tmp_path, monkeypatch) -> None:
     from kuberl.errors import SpecError
     from kuberl.worker.driver import Driver, DriverOptions
+    from kuberl.worker.train import trainer_actor
 
+    monkeypatch.setattr(trainer_actor, "_megatron_core_installed", lambda: False)
     job = load_jobs(EXAMPLES / "glm4-9b-dapo-math.yaml")[0]
-    with pytest.raises(SpecError, match=r"spec\.backends\.trainer: the megatron trainer backend"):
+    with pytest.raises(SpecError, match=r"spec\.backends\.trainer: .*pip install kuberl\[megatron\]"):
         Driver(job, DriverOptions(in_cluster=True, run_dir=tmp_path))

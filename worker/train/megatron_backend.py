@@ -46,27 +46,7 @@ from kuberl.worker.train.torch_backend import lr_lambda
 
 log = logging.getLogger(__name__)
 
-try:
-    from kuberl.worker.train.dp_shard import shard_for_rank  # pyright: ignore[reportMissingImports]
-except ImportError:  # MERGE: branch `ranks` adds dp_shard.shard_for_rank; delete this fallback then.
-
-    def shard_for_rank(samples: Sequence[Any], dp_rank: int, dp_size: int, **_: Any) -> Any:
-        """Fallback share: token-balanced greedy assignment (same rule as ranks' dp_shard)."""
-        order = sorted(range(len(samples)), key=lambda i: (-samples[i].num_tokens, i))
-        load = [(0, 0)] * dp_size
-        mine: list[int] = []
-        for i in order:
-            r = min(range(dp_size), key=lambda r: (*load[r], r))
-            load[r] = (load[r][0] + samples[i].num_tokens, load[r][1] + 1)
-            if r == dp_rank:
-                mine.append(i)
-        share = _Share([samples[i] for i in sorted(mine)])
-        share.indices = tuple(sorted(mine))
-        return share
-
-    class _Share(list):  # type: ignore[type-arg]
-        indices: tuple[int, ...] = ()
-
+from kuberl.worker.train.dp_shard import shard_for_rank  # noqa: E402
 
 DIST_CKPT_MARKER = "metadata.json"  # written by megatron's dist_checkpointing
 

@@ -1,9 +1,14 @@
-"""The torch trainer backend: a Hugging Face causal LM on CPU or one GPU.
+"""The torch trainer backend: a Hugging Face causal LM on CPU or GPUs, data-parallel over trainer ranks.
 
 It is the reference implementation of ``TrainerBackend``: micro-batches come from the packer (dynamic batch
 size) or a fixed micro-batch size, each micro-batch is right-padded, and every loss term is a partial sum
 divided by a normaliser computed once for the whole step, so how samples are packed never changes the
 loss or the gradients.
+
+With several trainer ranks (``torch.distributed`` initialised by ``TrainerActor``) every rank holds the whole
+model, receives the whole step and computes its token-balanced share (``dp_shard``); the normaliser still
+comes from the full list, so the ranks' partial gradients are SUMMED (not averaged) to the 1-rank gradient,
+and every rank then takes the same optimizer step.
 """
 
 from __future__ import annotations
@@ -16,11 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from kuberl.worker.algo import losses
 from kuberl.worker.algo.packing import pack_micro_batches
 from kuberl.worker.train.batch import TrainSample
+from kuberl.worker.train.dp_shard import Shard, shard_for_rank, unshard
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +49,17 @@ class TorchBackendConfig:
     num_steps_per_rollout: int = 1
     # Engines report logprobs of the temperature-scaled distribution; the trainer must match (as slime).
     temperature: float = 1.0
+    save_optim: bool = True  # spec.checkpoint.noSaveOptim inverted
+    dtype: str | None = None  # torch dtype name of the weights; None: bfloat16 on CUDA, float32 on CPU
 
     @classmethod
     def from_worker_config(cls, config: Any) -> TorchBackendConfig:
+        """Read the resolved worker config; refuse model parallelism, which only Megatron implements.
+
+        Raises:
+            SpecError: ``spec.perf`` asks for tensor/pipeline/context parallelism.
+        """
+        check_data_parallel_only(config)
         return cls(
             hf_checkpoint=config.hf_checkpoint,
             algorithm=dict(config.algorithm),
@@ -58,7 +73,78 @@ class TorchBackendConfig:
             num_rollout=config.num_rollout,
             num_steps_per_rollout=config.num_steps_per_rollout,
             temperature=config.sampling["temperature"],
+            save_optim=config.save_optim,
         )
+
+
+def check_data_parallel_only(config: Any) -> None:
+    """The torch backend replicates the model on every rank: TP/PP/CP/EP sizes must all be 1."""
+    sizes = {
+        "tensorModelParallelSize": config.tensor_model_parallel_size,
+        "pipelineModelParallelSize": config.pipeline_model_parallel_size,
+        "contextParallelSize": config.context_parallel_size,
+        "expertModelParallelSize": config.expert_model_parallel_size,
+    }
+    wrong = [f"spec.perf.{k}={v}" for k, v in sizes.items() if v != 1]
+    if wrong:
+        from kuberl.errors import SpecError
+
+        raise SpecError([
+            f"{', '.join(wrong)}: the torch trainer backend is data-parallel only; set them to 1 or use "
+            "spec.backends.trainer: megatron"
+        ])
+
+
+def dp_rank_and_size() -> tuple[int, int]:
+    """This process's data-parallel rank and size: the default process group's, else (0, 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+GRAD_BUCKET_ELEMENTS = 64 * 1024 * 1024  # gradients all-reduced per collective (256 MB in fp32)
+
+
+def all_reduce_gradients(params: Sequence[torch.nn.Parameter]) -> None:
+    """SUM every gradient over the DP ranks in flat buckets.
+
+    A rank whose share did not touch a parameter (or had no sample) contributes zeros; a parameter no
+    rank touched keeps ``grad = None``, as it would with one rank, so the optimizer skips it the same way.
+    """
+    device = params[0].device if params else torch.device("cpu")
+    touched = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=device)
+    dist.all_reduce(touched)
+    live: list[torch.Tensor] = []
+    for p, hit in zip(params, touched.tolist(), strict=True):
+        if hit > 0:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            live.append(p.grad)
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for g in live:
+        by_dtype.setdefault(g.dtype, []).append(g)
+    for grads in by_dtype.values():  # same order on every rank: parameters are listed alike
+        bucket: list[torch.Tensor] = []
+        size = 0
+        for g in grads:
+            if bucket and size + g.numel() > GRAD_BUCKET_ELEMENTS:
+                _all_reduce_flat(bucket)
+                bucket, size = [], 0
+            bucket.append(g)
+            size += g.numel()
+        if bucket:
+            _all_reduce_flat(bucket)
+
+
+def _all_reduce_flat(tensors: list[torch.Tensor]) -> None:
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    if flat.dtype in (torch.bfloat16, torch.float16):
+        flat = flat.float()  # sum 16-bit gradients in fp32, round once
+    dist.all_reduce(flat)
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset : offset + t.numel()].view_as(t))
+        offset += t.numel()
 
 
 def pick_device(choice: str) -> torch.device:
@@ -87,16 +173,22 @@ def lr_lambda(optimizer: dict[str, Any], total_steps: int | None):
 
 
 class TorchBackend:
-    """One-process trainer: policy, optional frozen reference, optimizer and LR schedule."""
+    """Policy, optional frozen reference, optimizer and LR schedule, replicated on every DP rank."""
 
     def __init__(self, config: TorchBackendConfig) -> None:
         from transformers import AutoModelForCausalLM
 
         self.config = config
         self.device = pick_device(config.device)
-        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.dp_rank, self.dp_size = dp_rank_and_size()
+        if config.dtype:
+            dtype = getattr(torch, config.dtype)
+        else:
+            dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self.model = AutoModelForCausalLM.from_pretrained(config.hf_checkpoint, dtype=dtype)
         self.model.to(self.device).train()
+        if self.dp_size > 1:
+            self._broadcast_weights()
         algo = config.algorithm
         self.ref_model = None
         if (algo.get("use_kl_loss") and algo.get("kl_loss_coef", 0.0) > 0) or algo.get("kl_coef", 0.0) > 0:
@@ -120,6 +212,15 @@ class TorchBackend:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(opt, total))
         self.steps = 0
 
+    def _broadcast_weights(self) -> None:
+        """Start every rank from rank 0's weights (anything the checkpoint lacks is randomly initialised)."""
+        with torch.no_grad():
+            for p in self.model.parameters():
+                dist.broadcast(p.data, src=0)
+
+    def _share(self, samples: Sequence[TrainSample]) -> Shard[TrainSample]:
+        return shard_for_rank(samples, self.dp_rank, self.dp_size)
+
     # ---- micro-batching -------------------------------------------------------------------------
     def _micro_batches(self, samples: Sequence[TrainSample], budget: int | None) -> list[list[int]]:
         lengths = [s.num_tokens for s in samples]
@@ -140,7 +241,9 @@ class TorchBackend:
             input_ids[i, : s.num_tokens] = torch.tensor(s.tokens)
             attention[i, : s.num_tokens] = 1
         input_ids, attention = input_ids.to(self.device), attention.to(self.device)
-        logits = model(input_ids=input_ids, attention_mask=attention).logits.float()  # (B, T, V)
+        logits = model(input_ids=input_ids, attention_mask=attention).logits  # (B, T, V)
+        if logits.dtype != torch.float64:
+            logits = logits.float()
         if self.config.temperature != 1.0:
             logits = logits / self.config.temperature
         logprobs, entropies = [], [] if with_entropy else None
@@ -162,24 +265,31 @@ class TorchBackend:
         model = self.ref_model if reference else self.model
         if model is None:
             raise RuntimeError("no reference model loaded (algorithm.useKlLoss is off)")
-        out: list[list[float]] = [[] for _ in samples]
+        share = self._share(samples)
+        out: list[list[float]] = [[] for _ in share]
         budget = self.config.log_probs_max_tokens_per_gpu or self.config.max_tokens_per_gpu
-        for group in self._micro_batches(samples, budget):
-            lps, _ = self._forward(model, [samples[i] for i in group], with_entropy=False)
+        for group in self._micro_batches(share, budget):
+            lps, _ = self._forward(model, [share[i] for i in group], with_entropy=False)
             for i, lp in zip(group, lps, strict=True):
                 out[i] = lp.cpu().tolist()
-        return out
+        if self.dp_size == 1:
+            return out
+        parts: list[Any] = [None] * self.dp_size
+        dist.all_gather_object(parts, (share.indices, out))
+        return unshard(parts, len(samples))
 
     def train_step(self, samples: Sequence[TrainSample]) -> dict[str, float]:
         algo = self.config.algorithm
+        # The normaliser counts the FULL step (every rank's samples), so partial sums add up across ranks.
         normalizer = losses.LossNormalizer.from_masks(
             [s.loss_mask for s in samples], per_token=algo["calculate_per_token_loss"]
         )
+        share = self._share(samples)
         self.optimizer.zero_grad(set_to_none=True)
         totals: dict[str, float] = {}
         with_entropy = True  # logged always; enters the loss only with entropyCoef > 0
-        for group in self._micro_batches(samples, self.config.max_tokens_per_gpu):
-            mb = [samples[i] for i in group]
+        for group in self._micro_batches(share, self.config.max_tokens_per_gpu):
+            mb = [share[i] for i in group]
             logprobs, entropies = self._forward(self.model, mb, with_entropy)
             loss, terms = losses.grpo_loss_sum(
                 logprobs=logprobs,
@@ -201,6 +311,9 @@ class TorchBackend:
             loss.backward()
             for key, value in terms.items():
                 totals[key] = totals.get(key, 0.0) + float(value)
+        if self.dp_size > 1:
+            all_reduce_gradients([p for p in self.model.parameters() if p.requires_grad])
+            totals = self._sum_over_ranks(totals)
         clip = self.config.optimizer.get("clip_grad", 0.0)
         params = [p for p in self.model.parameters() if p.grad is not None]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
@@ -212,6 +325,16 @@ class TorchBackend:
         metrics["train/lr"] = self.scheduler.get_last_lr()[0]
         return metrics
 
+    def _sum_over_ranks(self, totals: dict[str, float]) -> dict[str, float]:
+        """Add the ranks' metric partial sums (a rank without samples has none) into the step's values."""
+        parts: list[Any] = [None] * self.dp_size
+        dist.all_gather_object(parts, totals)
+        merged: dict[str, float] = {}
+        for part in parts:
+            for key, value in part.items():
+                merged[key] = merged.get(key, 0.0) + value
+        return merged
+
     def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         # named_parameters drops tied duplicates (lm_head.weight when tied to the embeddings), which
         # engines do not hold as separate parameters.
@@ -219,25 +342,55 @@ class TorchBackend:
             yield name, tensor.detach()
 
     def export_hf_checkpoint(self, directory: Path) -> None:
-        self.model.save_pretrained(directory)
+        """Rank 0 writes (every rank holds the same weights)."""
+        if self.dp_rank == 0:
+            self.model.save_pretrained(directory)
 
     def save(self, directory: Path) -> None:
+        """Rank 0 writes the full state (weights are replicated), so any DP size can load it.
+
+        Layout: ``model/`` (Hugging Face), ``trainer_state.pt`` (scheduler, step count, DP size) and,
+        unless ``spec.checkpoint.noSaveOptim``, ``optimizer.pt``.
+        """
+        if self.dp_rank != 0:
+            return
         directory.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(directory / "model")
         torch.save(
-            {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-             "steps": self.steps},
-            directory / "optimizer.pt",
+            {"scheduler": self.scheduler.state_dict(), "steps": self.steps, "dp_size": self.dp_size},
+            directory / "trainer_state.pt",
         )
+        if self.config.save_optim:
+            torch.save({"optimizer": self.optimizer.state_dict()}, directory / "optimizer.pt")
 
     def load(self, directory: Path) -> None:
+        """Every rank reads the same files (the checkpoint lives on storage all trainer pods mount)."""
         from transformers import AutoModelForCausalLM
 
+        if not (directory / "model").is_dir():
+            from kuberl.errors import CheckpointError
+
+            raise CheckpointError(
+                f"{directory} holds no torch-backend checkpoint (no model/ folder); spec.checkpoint.load "
+                "must name a checkpoint written by spec.backends.trainer: torch"
+            )
         loaded = AutoModelForCausalLM.from_pretrained(directory / "model", dtype=self.model.dtype)
         self.model.load_state_dict(loaded.state_dict())
-        state_file = directory / "optimizer.pt"
-        if state_file.exists():
-            state = torch.load(state_file, weights_only=False)
-            self.optimizer.load_state_dict(state["optimizer"])
+        optim_file, state_file = directory / "optimizer.pt", directory / "trainer_state.pt"
+        optim = torch.load(optim_file, weights_only=False) if optim_file.exists() else None
+        # Checkpoints from before trainer_state.pt kept the scheduler and step count in optimizer.pt.
+        state = torch.load(state_file, weights_only=False) if state_file.exists() else optim
+        if state is not None:
             self.scheduler.load_state_dict(state["scheduler"])
             self.steps = state["steps"]
+        if optim is not None:
+            self.optimizer.load_state_dict(optim["optimizer"])
+        else:
+            # A fresh optimizer at the restored point of the LR schedule.
+            for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr(), strict=True):
+                group["lr"] = lr
+            if self.dp_rank == 0:
+                log.warning(
+                    "%s holds no optimizer state (saved with spec.checkpoint.noSaveOptim: true): "
+                    "resuming at step %d with a fresh optimizer", directory, self.steps,
+                )

@@ -1,61 +1,155 @@
-"""The trainer as a Ray actor: a thin shell that owns one backend and pushes weights to the engines."""
+"""The trainer as a Ray actor: a thin shell that owns one backend rank and pushes weights to the engines."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime
+import hashlib
+import importlib.util
+import logging
+import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from kuberl.worker.train.backend import TrainerBackend
 from kuberl.worker.train.batch import TrainSample
 from kuberl.worker.weight_sync import SyncStats, push_disk, push_tensors
 
+log = logging.getLogger(__name__)
+
 AVAILABLE_BACKENDS = ("torch", "megatron")
+MEGATRON_INSTALL_HINT = "pip install kuberl[megatron]"
+
+
+def _megatron_core_installed() -> bool:
+    """Whether megatron-core can be imported here, without importing it (it pulls in CUDA extensions)."""
+    try:
+        return importlib.util.find_spec("megatron.core") is not None
+    except ModuleNotFoundError:  # no top-level ``megatron`` package at all
+        return False
 
 
 def check_backend_available(kind: str) -> None:
-    """Fail before any cluster resource is used when the resolved trainer backend is not built."""
-    if kind not in AVAILABLE_BACKENDS:
-        from kuberl.errors import SpecError
+    """Fail before any cluster resource is used when the resolved trainer backend cannot be built here."""
+    from kuberl.errors import SpecError
 
+    if kind not in AVAILABLE_BACKENDS:
         raise SpecError([
-            f"spec.backends.trainer: the {kind} trainer backend is not available in this build "
-            "(in a cluster 'auto' means megatron); set spec.backends.trainer: torch (one GPU per "
-            "trainer) until it lands"
+            f"spec.backends.trainer: unknown trainer backend {kind!r}; choose one of "
+            f"{', '.join(AVAILABLE_BACKENDS)}"
+        ])
+    if kind == "megatron" and not _megatron_core_installed():
+        raise SpecError([
+            "spec.backends.trainer: the megatron trainer backend needs megatron-core, which is not "
+            f"installed in this image ({MEGATRON_INSTALL_HINT}); or set spec.backends.trainer: torch "
+            "(data-parallel over the actor GPUs)"
         ])
 
 
 def build_backend(kind: str, config: Any) -> TrainerBackend:
-    """Instantiate the trainer backend named by the resolved config."""
-    check_backend_available(kind)
-    if kind == "megatron":  # imported lazily: megatron-core is only in the trainer image
-        from kuberl.worker.train.megatron_backend import MegatronBackend, MegatronBackendConfig
+    """Instantiate the trainer backend named by the resolved config (after torch.distributed is up).
 
+    ``config`` is the resolved ``WorkerConfig``; a ready ``TorchBackendConfig`` is accepted too (tests pick
+    a dtype with it).
+    """
+    check_backend_available(kind)
+    if kind == "megatron":
+        try:
+            from kuberl.worker.train.megatron_backend import MegatronBackend, MegatronBackendConfig
+        except ImportError as exc:
+            from kuberl.errors import SpecError
+
+            raise SpecError([
+                f"spec.backends.trainer: the megatron trainer backend cannot be imported ({exc}); "
+                f"install it with {MEGATRON_INSTALL_HINT} or set spec.backends.trainer: torch"
+            ]) from exc
+        if isinstance(config, MegatronBackendConfig):
+            return MegatronBackend(config)
         return MegatronBackend(MegatronBackendConfig.from_worker_config(config))
     from kuberl.worker.train.torch_backend import TorchBackend, TorchBackendConfig
 
+    if isinstance(config, TorchBackendConfig):
+        return TorchBackend(config)
     return TorchBackend(TorchBackendConfig.from_worker_config(config))
 
 
-class TrainerActor:
-    """Holds the backend; every method is a direct call so the driver can use it with or without Ray."""
+def uses_cuda(config: Any) -> bool:
+    """Whether the trainer runs on CUDA (NCCL between ranks) or on CPU (gloo)."""
+    device = getattr(config, "device", "auto")
+    return device == "cuda" or (device == "auto" and torch.cuda.is_available())
 
-    def __init__(self, kind: str, config: Any) -> None:
+
+def init_process_group(
+    rank: int, world_size: int, master_addr: str, master_port: int, *, cuda: bool,
+    timeout_s: float = 1800.0,
+) -> None:
+    """Join the trainer ranks' default process group: NCCL on GPU, gloo on CPU."""
+    import torch.distributed as dist
+
+    if cuda:
+        # Ray shows each rank only its own GPU (device 0); under torchrun LOCAL_RANK picks it.
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    dist.init_process_group(
+        backend="nccl" if cuda else "gloo",
+        init_method=f"tcp://{master_addr}:{master_port}",
+        rank=rank,
+        world_size=world_size,
+        timeout=datetime.timedelta(seconds=timeout_s),
+    )
+
+
+class TrainerActor:
+    """Holds one backend rank; every method is a direct call so the driver can use it with or without Ray."""
+
+    def __init__(
+        self,
+        kind: str,
+        config: Any,
+        rank: int = 0,
+        world_size: int = 1,
+        master_addr: str | None = None,
+        master_port: int | None = None,
+    ) -> None:
+        self.rank, self.world_size = rank, world_size
+        if world_size > 1:
+            if master_addr is None or master_port is None:
+                raise ValueError("several trainer ranks need master_addr and master_port")
+            init_process_group(rank, world_size, master_addr, master_port, cuda=uses_cuda(config))
+            log.info("trainer rank %d/%d joined %s:%d", rank, world_size, master_addr, master_port)
         self.backend = build_backend(kind, config)
         self._scratch = Path(tempfile.mkdtemp(prefix="kuberl-weights-"))
 
-    def compute_logprobs(self, samples: Sequence[TrainSample], reference: bool = False) -> list[list[float]]:
-        return self.backend.compute_logprobs(samples, reference=reference)
+    def compute_logprobs(
+        self, samples: Sequence[TrainSample], reference: bool = False
+    ) -> list[list[float]] | None:
+        """Rank 0 returns every sample's logprobs in order; other ranks compute their share, return None."""
+        out = self.backend.compute_logprobs(samples, reference=reference)
+        return out if self.rank == 0 else None
 
     def train_step(self, samples: Sequence[TrainSample]) -> dict[str, float]:
         return self.backend.train_step(samples)
 
-    def sync_weights(self, urls: list[str], version: str, transport: str = "tensor") -> SyncStats:
-        """Push the current policy weights to every engine and set their weight version."""
+    def sync_weights(
+        self, urls: list[str], version: str, transport: str = "tensor"
+    ) -> SyncStats | None:
+        """Push the current policy weights to every engine and set their weight version.
+
+        Every rank is called; ranks other than 0 take part in the same collectives (gathering the
+        weights, or the export that rank 0 writes) and send nothing.
+        """
+        path = self._scratch / version
+        if self.rank != 0:
+            if transport == "disk":
+                self.backend.export_hf_checkpoint(path)  # collective; the backend's rank 0 writes
+            else:
+                for _ in self.backend.named_weights():
+                    pass
+            return None
         if transport == "disk":
-            path = self._scratch / version
             self.backend.export_hf_checkpoint(path)
             return asyncio.run(push_disk(urls, path, version))
         named = list(self.backend.named_weights())
@@ -67,5 +161,15 @@ class TrainerActor:
     def load(self, directory: str) -> None:
         self.backend.load(Path(directory))
 
+    def weights_digest(self) -> str:
+        """SHA-256 of this rank's policy weights (names, shapes, bytes): equal on in-sync DP replicas."""
+        digest = hashlib.sha256()
+        for name, tensor in self.backend.named_weights():
+            t = tensor.detach().cpu().contiguous()
+            digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+            digest.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
     def ping(self) -> bool:
         return True
+

@@ -125,3 +125,56 @@ def test_step_without_old_logprobs_equals_step_with_a_recomputed_pass(tiny_model
     assert ma["train/grad_norm"] == pytest.approx(mb["train/grad_norm"], rel=1e-6)
     for (name, pa), (_, pb) in zip(a.model.named_parameters(), b.model.named_parameters(), strict=True):
         assert torch.allclose(pa, pb, atol=1e-7), name
+
+
+def test_no_save_optim_writes_no_optimizer_and_resumes_with_a_fresh_one(
+    tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """spec.checkpoint.noSaveOptim: weights, LR schedule and step count are kept; Adam moments are not."""
+    opt = {**OPT, "lr_warmup_iters": 10}
+    trainer = TorchBackend(TorchBackendConfig(hf_checkpoint=str(tiny_model_dir), algorithm=ALGO,
+                                              optimizer=opt, device="cpu", save_optim=False))
+    samples = samples_for([[5, 6, 7, 20, 21]], [1.0])
+    for _ in range(2):
+        trainer.train_step(samples)
+    trainer.save(tmp_path)
+    assert not (tmp_path / "optimizer.pt").exists() and (tmp_path / "trainer_state.pt").exists()
+
+    restored = TorchBackend(TorchBackendConfig(hf_checkpoint=str(tiny_model_dir), algorithm=ALGO,
+                                               optimizer=opt, device="cpu"))
+    with caplog.at_level("WARNING"):
+        restored.load(tmp_path)
+    assert "fresh optimizer" in caplog.text and "noSaveOptim" in caplog.text
+    assert restored.steps == 2 and restored.optimizer.state_dict()["state"] == {}
+    # The warm-up continues where it stopped (step 3 of 10), not from step 1.
+    assert restored.optimizer.param_groups[0]["lr"] == pytest.approx(OPT["lr"] * 3 / 10)
+    assert restored.compute_logprobs(samples) == trainer.compute_logprobs(samples)
+
+
+def test_checkpoint_with_optimizer_restores_the_same_next_step(tiny_model_dir: Path, tmp_path: Path) -> None:
+    trainer = backend(tiny_model_dir)
+    samples = samples_for([[5, 6, 7, 20, 21], [5, 6, 7, 9]], [1.0, -1.0])
+    trainer.train_step(samples)
+    trainer.save(tmp_path)
+    assert (tmp_path / "optimizer.pt").exists()
+    restored = backend(tiny_model_dir)
+    restored.load(tmp_path)
+    a, b = trainer.train_step(samples), restored.train_step(samples)
+    assert a == b
+    for (name, pa), (_, pb) in zip(trainer.model.named_parameters(), restored.model.named_parameters(),
+                                   strict=True):
+        assert torch.equal(pa, pb), name
+
+
+def test_model_parallel_sizes_are_refused_by_the_torch_backend() -> None:
+    import dataclasses
+
+    from kuberl.api import load_jobs
+    from kuberl.api.resolve import resolve
+    from kuberl.errors import SpecError
+    from tests.api.cases import EXAMPLES
+
+    config = resolve(load_jobs(EXAMPLES / "tiny" / "job.yaml")[0], in_cluster=False)
+    TorchBackendConfig.from_worker_config(config)  # data-parallel only: fine
+    with pytest.raises(SpecError, match=r"spec\.perf\.tensorModelParallelSize=2.*megatron"):
+        TorchBackendConfig.from_worker_config(dataclasses.replace(config, tensor_model_parallel_size=2))
