@@ -33,6 +33,7 @@ from kuberl.worker.algo.packing import (
     plan_step,
 )
 from kuberl.worker.train.batch import TrainSample
+from kuberl.worker.train.dp_shard import shard_for_rank
 from kuberl.worker.train.hf_megatron.shape import ModelShape
 from kuberl.worker.train.megatron_model import (
     Parallelism,
@@ -45,8 +46,6 @@ from kuberl.worker.train.megatron_model import (
 from kuberl.worker.train.torch_backend import lr_lambda
 
 log = logging.getLogger(__name__)
-
-from kuberl.worker.train.dp_shard import shard_for_rank  # noqa: E402
 
 DIST_CKPT_MARKER = "metadata.json"  # written by megatron's dist_checkpointing
 
