@@ -212,7 +212,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-response-len", type=int, default=None, help="GPU 256, CPU 24")
     p.add_argument("--hidden", type=int, default=None, help="GPU 256, CPU 64")
     p.add_argument("--layers", type=int, default=None, help="GPU 4, CPU 2")
-    p.add_argument("--lr", type=float, default=1e-3)
+    # GPU 1e-4: at 1e-3 (Adam's first steps move every weight by ~lr) the 256x4 policy collapsed after
+    # two rollouts on 2xH200 (response length 16 -> 4, then every group zero-std for 64 waves).
+    p.add_argument("--lr", type=float, default=None, help="GPU 1e-4, CPU 1e-3")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mem-fraction", type=float, default=0.2, help="SGLang memFractionStatic")
     p.add_argument("--base-gpu-id", type=int, default=0, help="SGLang baseGpuId (1: engine on GPU 1)")
@@ -222,7 +224,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     gpu = args.engine == "sglang"
     for name, on_gpu, on_cpu in (("batch_size", 32, 4), ("n_samples", 8, 4),
-                                 ("max_response_len", 256, 24), ("hidden", 256, 64), ("layers", 4, 2)):
+                                 ("max_response_len", 256, 24), ("hidden", 256, 64), ("layers", 4, 2),
+                                 ("lr", 1e-4, 1e-3)):
         if getattr(args, name) is None:
             setattr(args, name, on_gpu if gpu else on_cpu)
     return args
