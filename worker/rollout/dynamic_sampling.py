@@ -352,8 +352,8 @@ async def collect_rollout(
                 if result.waves >= settings.max_waves:
                     raise EngineError(
                         f"dynamic sampling kept {len(kept)}/{settings.target_groups} groups after "
-                        f"{result.waves} waves (dropped: {dict(result.dropped)}); the filter "
-                        "spec.rollout.dynamicSamplingFilterPath drops almost everything"
+                        f"{result.waves} waves (dropped: {dict(result.dropped)}); "
+                        + _why_nothing_is_kept(result.dropped)
                     )
                 if launch_wave() == 0 and not running:
                     break  # the data ran out
@@ -390,3 +390,12 @@ def _park_aborted(group: list[Sample], settings: CollectorSettings, buffer: Part
         s.response_ids, s.response_logprobs, s.loss_mask, s.weight_versions = [], [], [], []
         s.response_text, s.status, s.reward = "", SampleStatus.PENDING, None
     buffer.put(group)
+
+
+def _why_nothing_is_kept(dropped: Counter) -> str:
+    """The likely cause when the group filter keeps (almost) nothing, named by its main reason."""
+    if dropped and dropped.most_common(1)[0][0] == "zero_std":
+        return ("almost every group got identical rewards (zero std): the policy may have collapsed "
+                "(lower spec.optimizer.lr, watch the entropy) or the reward cannot tell samples apart "
+                "(check spec.rollout.rmType against the data's labels)")
+    return "the filter spec.rollout.dynamicSamplingFilterPath drops almost everything"

@@ -169,12 +169,23 @@ async def test_without_partial_rollout_aborted_prompts_are_requeued_not_lost(end
     assert len(result.groups) + len(buffer) == handed[0] + 1
 
 
-async def test_filter_dropping_everything_fails_with_a_message(endpoint, prompt_ids):
+async def test_zero_std_everywhere_fails_naming_collapse_not_the_filter(endpoint, prompt_ids):
+    """Seen on 2xH200: a collapsed policy gives every group one reward; the message says so."""
     next_groups, _ = source(prompt_ids)
-    with pytest.raises(Exception, match="dynamicSamplingFilterPath"):
+    with pytest.raises(Exception, match=r"identical rewards \(zero std\).*spec\.optimizer\.lr"):
         await collect_rollout(
             endpoint, 0, settings(max_new_tokens=2, max_waves=3), next_groups,
             reward_by_group(lambda g, k: 0.0), PartialRolloutBuffer(), check_reward_nonzero_std,
+        )
+
+
+async def test_custom_filter_dropping_everything_names_the_filter_field(endpoint, prompt_ids):
+    next_groups, _ = source(prompt_ids)
+    with pytest.raises(Exception, match="dynamicSamplingFilterPath drops almost everything"):
+        await collect_rollout(
+            endpoint, 0, settings(max_new_tokens=2, max_waves=3), next_groups,
+            reward_by_group(lambda g, k: float(k)), PartialRolloutBuffer(),
+            lambda args, group, **kw: False,
         )
 
 
