@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from kuberl.worker.train.backend import TrainerBackend
 from kuberl.worker.train.batch import TrainSample
-from kuberl.worker.weight_sync import SyncStats, push_disk, push_tensors
+from kuberl.worker.weight_sync import SyncSettings, SyncStats, WeightSender
 
 AVAILABLE_BACKENDS = ("torch",)
 
@@ -40,7 +38,6 @@ class TrainerActor:
 
     def __init__(self, kind: str, config: Any) -> None:
         self.backend = build_backend(kind, config)
-        self._scratch = Path(tempfile.mkdtemp(prefix="kuberl-weights-"))
 
     def compute_logprobs(self, samples: Sequence[TrainSample], reference: bool = False) -> list[list[float]]:
         return self.backend.compute_logprobs(samples, reference=reference)
@@ -48,14 +45,20 @@ class TrainerActor:
     def train_step(self, samples: Sequence[TrainSample]) -> dict[str, float]:
         return self.backend.train_step(samples)
 
-    def sync_weights(self, urls: list[str], version: str, transport: str = "tensor") -> SyncStats:
-        """Push the current policy weights to every engine and set their weight version."""
-        if transport == "disk":
-            path = self._scratch / version
-            self.backend.export_hf_checkpoint(path)
-            return asyncio.run(push_disk(urls, path, version))
-        named = list(self.backend.named_weights())
-        return asyncio.run(push_tensors(urls, named, version))
+    def sync_weights(self, urls: list[str], version: str, settings: SyncSettings) -> SyncStats:
+        """Push the current policy weights to every engine as ``version`` (weight_sync.py's transports).
+
+        ``named_weights()`` is collective, so every rank iterates it; only rank 0 sends.
+        """
+        named = self.backend.named_weights()
+        if _rank() != 0:
+            for _ in named:
+                pass
+            return SyncStats(version, 0.0, 0, 0, settings.transport)
+        sender = getattr(self, "_weight_sender", None)
+        if sender is None:
+            sender = self._weight_sender = WeightSender()
+        return sender.sync(named, urls, version, settings)
 
     def save(self, directory: str) -> None:
         self.backend.save(Path(directory))
@@ -65,3 +68,10 @@ class TrainerActor:
 
     def ping(self) -> bool:
         return True
+
+
+def _rank() -> int:
+    """This process's rank in the trainer's default group (0 without one)."""
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
