@@ -37,16 +37,18 @@ def config(**kw) -> SimpleNamespace:
     return SimpleNamespace(**{**base, **kw})
 
 
-@pytest.fixture
-def engine(tiny_model_dir: Path, tmp_path: Path):
-    """A fresh embedded engine in its own process (the process group needs one side per process)."""
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """An embedded engine in its own process (a process group needs one side per process). Shared by
+    this module's tests (starting one takes a while on a busy machine): each test pushes its own
+    weights and version."""
     from kuberl.worker.rollout.launcher import EngineSpec, launch_engine
 
     spec = EngineSpec(model_path=str(tiny_model_dir), port=free_port(), kind="embedded",
                       weight_version="0")
-    proc = launch_engine(spec, log_path=str(tmp_path / "engine.log"))
+    proc = launch_engine(spec, log_path=str(tmp_path_factory.mktemp("engine") / "engine.log"))
     try:
-        asyncio.run(proc.wait_ready(timeout_s=120))
+        asyncio.run(proc.wait_ready(timeout_s=300))
         yield spec.url
     finally:
         proc.stop()
@@ -196,9 +198,15 @@ def test_disk_transport_writes_under_the_shared_folder_and_keeps_one_version(
 
 
 def test_version_check_names_the_engine_that_did_not_update(engine: str) -> None:
-    asyncio.run(check_versions([engine], "0"))
-    with pytest.raises(WeightSyncError, match=engine.replace(".", r"\.") + ".*'0'"):
-        asyncio.run(check_versions([engine], "7"))
+    async def current() -> str | None:
+        async with WeightClient(engine) as client:
+            return await client.weight_version()
+
+    now = asyncio.run(current())
+    assert now is not None
+    asyncio.run(check_versions([engine], now))
+    with pytest.raises(WeightSyncError, match=engine.replace(".", r"\.") + f".*'{now}'"):
+        asyncio.run(check_versions([engine], "not-" + now))
     dead = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(WeightSyncError, match="unreachable"):
-        asyncio.run(check_versions([engine, dead], "0"))
+        asyncio.run(check_versions([engine, dead], now))
