@@ -36,7 +36,7 @@ def test_router_argv_takes_the_policy_from_router_args_once() -> None:
     assert argv[-2:] == ["--log-level", "warn"]
     default = router_argv([], [], 1, host="h", request_timeout_secs=1, prometheus_port=None)
     assert default[default.index("--policy") + 1] == "cache_aware"
-    with pytest.raises(EngineError, match="routerArgs.policy"):
+    with pytest.raises(EngineError, match=r"routerArgs\.policy"):
         router_argv(["--policy"], [], 1, host="h", request_timeout_secs=1, prometheus_port=None)
 
 
