@@ -68,6 +68,40 @@ class RLTrainingJob(BaseModel):
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
+def _known_fields(loc: tuple[Any, ...]) -> list[str]:
+    """The wire (camelCase) names a manifest may use at ``loc``'s parent, found by walking the models."""
+    import types
+    import typing
+
+    model: Any = RLTrainingJob
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        fields = getattr(model, "model_fields", {})
+        field = next((f for n, f in fields.items() if part in (n, f.alias)), None)
+        if field is None:
+            return []
+        candidates = [field.annotation]
+        model = None
+        while candidates:
+            ann = candidates.pop()
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                model = ann
+                break
+            if typing.get_origin(ann) in (typing.Union, types.UnionType, list, dict):
+                candidates += list(typing.get_args(ann))
+        if model is None:
+            return []
+    return [f.alias or n for n, f in getattr(model, "model_fields", {}).items()]
+
+
+def _did_you_mean(loc: tuple[Any, ...]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(str(loc[-1]), _known_fields(loc), n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}?" if close else "remove it or check its spelling (fields are camelCase)"
+
+
 def format_validation_error(exc: ValidationError) -> list[str]:
     """Turn a pydantic error into one 'field: message' line per problem, in wire (camelCase) names."""
     lines: list[str] = []
@@ -75,11 +109,12 @@ def format_validation_error(exc: ValidationError) -> list[str]:
         loc = ".".join(str(p) for p in err["loc"])
         if err["type"] == "kuberl_rule":
             for field_path, message in err["ctx"]["rules"]:
-                where = loc + (field_path or "")
+                # A rule on the top-level model has no loc; its message already names the field.
+                where = loc + (field_path or "") if loc else ""
                 lines.append(f"{where}: {message}" if where else message)
             continue
         if err["type"] == "extra_forbidden":
-            lines.append(f"{loc}: unknown field; remove it or check its spelling (fields are camelCase)")
+            lines.append(f"{loc}: unknown field; {_did_you_mean(tuple(err['loc']))}")
             continue
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "missing":

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from kuberl.api.job import RLTrainingJob
+from kuberl.api.passthrough import SGLANG_SERVER, SMG_ROUTER, to_flags
 from kuberl.api.presets import Architecture, resolve_architecture
 from kuberl.api.spec import RLTrainingJobSpec, RolloutEngine, TrainerBackend
 
@@ -261,8 +262,8 @@ def resolve(job: RLTrainingJob, *, in_cluster: bool = True) -> WorkerConfig:
         offload_rollout=pl.offload_rollout if pl.offload_rollout is not None else pl.colocate,
         gpus_per_engine=s.sglang.gpus_per_engine,
         num_engines=max(1, rollout_gpus // s.sglang.gpus_per_engine),
-        sglang_server_args=args_to_flags(s.sglang.server_args),
-        router_args=args_to_flags(s.sglang.router_args),
+        sglang_server_args=to_flags(s.sglang.server_args, SGLANG_SERVER),
+        router_args=to_flags(s.sglang.router_args, SMG_ROUTER),
         server_concurrency=s.sglang.server_concurrency,
         router_request_timeout_secs=s.sglang.router_request_timeout_secs,
         trainer_backend=_in_cluster_default(

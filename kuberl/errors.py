@@ -31,3 +31,11 @@ class CheckpointError(KuberlError):
 
 class ClusterError(KuberlError):
     """The local development control plane could not be built, started or reached."""
+
+
+class TrainingInterrupted(KuberlError):
+    """``kuberl train`` was stopped by Ctrl-C or SIGTERM; the message says where and how to resume."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        self.exit_code = exit_code  # 130 for SIGINT, 143 for SIGTERM, as shells report them
+        super().__init__(message)

@@ -38,8 +38,10 @@ PLURALS = {
     "RayJob": "rayjobs",
     "RLTrainingJob": PLURAL,
     "Event": "events",
+    "Pod": "pods",
 }
 EVENT_SOURCE = "kuberl-operator"
+REPORTING_INSTANCE = (os.environ.get("HOSTNAME") or "kuberl-operator")[:128]  # the operator pod
 
 
 class TransientApiError(Exception):
@@ -163,11 +165,33 @@ class Kube:
                 jobs.append(item)
         return jobs
 
+    async def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        """Return the pods in ``namespace`` matching the label ``selector`` (e.g. ``kuberl.io/job-name=x``)."""
+        path = object_path("v1", "Pod", namespace)
+        listing = await with_retries(lambda: self._call(path, "GET", query=[("labelSelector", selector)]))
+        return list(listing.get("items", []))
+
+    async def list_kuberay_deployments(self) -> list[dict[str, Any]] | None:
+        """Return KubeRay operator Deployments cluster-wide, or None when kuberl may not list them."""
+        path = "/apis/apps/v1/deployments"
+        query = [("labelSelector", "app.kubernetes.io/name=kuberay-operator")]
+        try:
+            listing = await with_retries(lambda: self._call(path, "GET", query=query))
+        except ApiError as exc:
+            if exc.status in (401, 403, 404):
+                return None
+            raise
+        return list(listing.get("items", []))
+
     async def post_event(self, obj: Mapping[str, Any], type_: str, reason: str, message: str,
                          now: datetime) -> None:
-        """Record a core/v1 Event on ``obj``; failures are logged, never raised (events are advisory)."""
+        """Record a core/v1 Event on ``obj``; failures are logged, never raised (events are advisory).
+
+        The time goes in ``eventTime`` (microseconds) rather than the second-granular ``lastTimestamp``, so
+        ``kubectl describe`` lists several events of the same second in the order they happened.
+        """
         meta = obj["metadata"]
-        stamp = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        stamp = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         event = {
             "apiVersion": "v1",
             "kind": "Event",
@@ -181,9 +205,9 @@ class Kube:
             "message": message[:1024],
             "source": {"component": EVENT_SOURCE},
             "reportingComponent": EVENT_SOURCE,
-            "firstTimestamp": stamp,
-            "lastTimestamp": stamp,
-            "count": 1,
+            "reportingInstance": REPORTING_INSTANCE,
+            "action": "Reconcile",
+            "eventTime": stamp,
         }
         path = object_path("v1", "Event", meta["namespace"])
         try:

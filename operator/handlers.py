@@ -17,6 +17,7 @@ from typing import Any
 
 import kopf
 
+from kuberl.api.admission import Severity, admission_problems
 from kuberl.api.job import GROUP, PLURAL, VERSION, RLTrainingJob, parse_job
 from kuberl.api.status import RLTrainingJobStatus
 from kuberl.errors import SpecError
@@ -25,7 +26,17 @@ from kuberl.operator.apply import ApiError, Kube, TransientApiError
 from kuberl.operator.metrics import PhaseTracker
 from kuberl.operator.render import RAYJOB_API_VERSION, render_children
 from kuberl.operator.settings import OperatorConfig, configure_kopf
-from kuberl.operator.status import fold_status, invalid_spec_status, phase_event, status_patch
+from kuberl.operator.status import (
+    KUBERAY_GRACE_SECONDS,
+    WAITING_PHASES,
+    RayJobView,
+    diagnose_pods,
+    fold_status,
+    invalid_spec_status,
+    kuberay_watched_namespaces,
+    phase_event,
+    status_patch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +68,8 @@ async def _write_status(
     patch = status_patch(previous, new)
     if patch:
         await kube.patch_job_status(meta["namespace"], meta["name"], patch)
-    event = phase_event(previous.phase if previous else None, new)
+    event = phase_event(previous.phase if previous else None, new,
+                        previous.reason if previous else None)
     if event is not None:
         await kube.post_event(body, event.type, event.reason, event.message, datetime.now(UTC))
 
@@ -70,10 +82,43 @@ async def reconcile(
     With ``apply=False`` children are only re-applied when the RayJob is missing (deleted by someone
     else) and the job is not finished; ``rayjob`` passes a RayJob already in hand (from a watch event).
     """
-    if body["metadata"].get("deletionTimestamp"):
+    meta = body["metadata"]
+    if meta.get("deletionTimestamp"):
         return
-    async with memo.inflight:  # bounds memory and apiserver load when hundreds of jobs arrive at once
-        await _reconcile(body, memo, rayjob=rayjob, apply=apply)
+    # One reconcile per job at a time, from the status as stored now: the create handler, RayJob and pod
+    # events and the resync loop would otherwise race, each folding from a stale status and posting
+    # Events with the wrong "from" phase. The spec is the one the caller was handed.
+    key = (meta["namespace"], meta["name"])
+    lock = memo.setdefault("job_locks", {}).setdefault(key, asyncio.Lock())
+    async with memo.inflight, lock:  # inflight bounds load when hundreds of jobs arrive at once
+        stored = await memo.kube.get_job(*key)
+        if stored is None or stored["metadata"].get("deletionTimestamp"):
+            memo.job_locks.pop(key, None)
+            return
+        current = {**_plain(body), "status": stored.get("status")}
+        if not stored.get("status"):
+            current.pop("status")
+        await _reconcile(current, memo, rayjob=rayjob, apply=apply)
+
+
+async def _diagnosis_inputs(
+    kube: Kube, job: RLTrainingJob, rayjob: dict[str, Any] | None, now: datetime
+) -> tuple[list[dict[str, Any]], list[str] | None]:
+    """Read what explains a waiting job: its pods, and (after the grace period without any RayJob
+    status) which namespaces KubeRay watches. Nothing is read for a job that is not waiting."""
+    if rayjob is None:
+        return [], None
+    if fold_status(job, rayjob, now).phase not in WAITING_PHASES:
+        return [], None
+    meta = job.metadata
+    assert meta.namespace is not None
+    pods = await kube.list_pods(meta.namespace, f"{labels.JOB_NAME}={meta.name}")
+    view = RayJobView.of(rayjob)
+    watched = None
+    if (not view.deployment and view.created_at is not None
+            and (now - view.created_at).total_seconds() >= KUBERAY_GRACE_SECONDS):
+        watched = kuberay_watched_namespaces(await kube.list_kuberay_deployments() or [])
+    return pods, watched
 
 
 async def _reconcile(
@@ -86,6 +131,7 @@ async def _reconcile(
     with metrics.timed_reconcile() as outcome:
         try:
             job: RLTrainingJob = parse_job(_plain(body))
+            warnings = _admit(job, config)
         except SpecError as exc:
             outcome.result = metrics.INVALID
             metrics.ERRORS.labels("spec").inc()
@@ -97,6 +143,8 @@ async def _reconcile(
         previous = job.status
         if previous is not None and previous.phase is not None and previous.phase.is_terminal:
             return  # finished jobs keep their status and are never restarted
+        if warnings and (previous is None or previous.phase is None):  # once, at first admission
+            await kube.post_event(body, "Warning", "SpecWarning", "; ".join(warnings), now)
         try:
             if not apply and rayjob is None:
                 rayjob = await kube.get(
@@ -112,7 +160,9 @@ async def _reconcile(
                 for stage in children.apply_stages():
                     stored = await asyncio.gather(*(kube.apply(c) for c in stage))
                     rayjob = next((o for o in stored if o.get("kind") == "RayJob"), rayjob)
-            await _write_status(kube, body, previous, fold_status(job, rayjob, now))
+            pods, watched = await _diagnosis_inputs(kube, job, rayjob, now)
+            await _write_status(kube, body, previous,
+                                fold_status(job, rayjob, now, pods, kuberay_namespaces=watched))
         except TransientApiError as exc:
             outcome.result = metrics.RETRY
             metrics.ERRORS.labels("transient").inc()
@@ -122,6 +172,23 @@ async def _reconcile(
             metrics.ERRORS.labels("api").inc()
             await kube.post_event(body, "Warning", "ReconcileFailed", str(exc), now)
             raise kopf.TemporaryError(f"apiserver refused: {exc}", delay=API_ERROR_DELAY) from None
+
+
+def _admit(job: RLTrainingJob, config: OperatorConfig) -> list[str]:
+    """Refuse a job that cannot run in a cluster before its RayJob exists; return its warnings.
+
+    A job whose RayJob was already created was admitted before (its spec is immutable), so an operator
+    upgrade with a stricter table never fails a running job.
+
+    Raises:
+        SpecError: one ``field: message`` line per admission error.
+    """
+    problems = admission_problems(job, gpus_per_node=config.render_settings().gpus_per_node)
+    admitted_before = job.status is not None and job.status.ray_job_name is not None
+    errors = [str(p) for p in problems if p.severity is Severity.ERROR]
+    if errors and not admitted_before:
+        raise SpecError(errors)
+    return [str(p) for p in problems if p.severity is Severity.WARNING]
 
 
 # --- handlers (attached to a registry by `register`) -----------------------------------------------
@@ -141,6 +208,8 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     memo.kube = await Kube.connect(config.kubeconfig)
     memo.phases = PhaseTracker()
     memo.inflight = asyncio.Semaphore(config.max_concurrent_reconciles)
+    memo.job_locks = {}
+    memo.troubled_jobs = set()
     metrics.serve(config.metrics_port, config.metrics_addr)
     memo.resync_task = asyncio.create_task(resync_loop(memo), name="kuberl-resync")
 
@@ -199,6 +268,28 @@ async def rayjob_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -
         await reconcile(job, memo, rayjob=dict(body), apply=False)
 
 
+async def pod_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    """A pod of a job changed: a pod that cannot start (or recovers) updates the job's status at once.
+
+    Healthy pods of healthy jobs are ignored, so the steady stream of pod updates costs no API calls.
+    """
+    meta = body["metadata"]
+    job_name = (meta.get("labels") or {}).get(labels.JOB_NAME)
+    if not job_name:
+        return
+    key = (meta["namespace"], job_name)
+    troubled: set[tuple[str, str]] = memo.troubled_jobs
+    if diagnose_pods([dict(body)]) is not None:
+        troubled.add(key)
+    elif key in troubled:
+        troubled.discard(key)  # re-fold: the problem may be gone
+    else:
+        return
+    job = await memo.kube.get_job(*key)
+    if job is not None:
+        await reconcile(job, memo, apply=False)
+
+
 def job_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
     """Track every job's phase for the jobs-by-phase gauge."""
     meta = body["metadata"]
@@ -219,6 +310,10 @@ def register(registry: kopf.OperatorRegistry) -> kopf.OperatorRegistry:
     kopf.on.create(*job, registry=registry)(ensure)
     kopf.on.update(*job, registry=registry)(ensure)
     kopf.on.event(*job, registry=registry)(job_event)
+    kopf.on.event(
+        "", "v1", "pods", labels={labels.JOB_NAME: kopf.PRESENT, labels.MANAGED_BY: labels.MANAGER},
+        registry=registry,
+    )(pod_event)
     kopf.on.event(
         "ray.io", "v1", "rayjobs", labels={labels.MANAGED_BY: labels.MANAGER}, registry=registry
     )(rayjob_event)

@@ -286,13 +286,14 @@ def gpu_tolerations(job: RLTrainingJob) -> list[dict[str, Any]]:
     return [base, *(dict(t) for t in job.spec.cluster.tolerations if t != base)]
 
 
-def ray_resources_param(resources: dict[str, int]) -> str:
-    """Return the ``rayStartParams.resources`` value: a JSON map quoted for the shell KubeRay builds.
+def ray_group_resources(resources: dict[str, int]) -> dict[str, str]:
+    """Return a worker group's typed ``resources`` map (KubeRay >= 1.4): Ray custom resources as quantities.
 
-    KubeRay appends ``--resources=<value>`` to ``ray start`` in a shell command, so the JSON goes in double
-    quotes with its own quotes escaped: ``"{\\"kuberl_trainer\\": 4}"``.
+    KubeRay turns it into ``ray start --resources='{...}'`` itself, and still adds ``--num-gpus`` from the
+    container's GPU limit. The older route, a JSON string in ``rayStartParams.resources``, needed shell
+    escaping that KubeRay 1.5 cannot parse back ("failed to add accelerator resources"), so it is not used.
     """
-    return '"' + json.dumps(resources, sort_keys=True).replace('"', '\\"') + '"'
+    return {name: str(amount) for name, amount in sorted(resources.items())}
 
 
 def _pod_template(
@@ -340,6 +341,27 @@ def _pod_template(
     return {"metadata": {"labels": pod_labels}, "spec": pod_spec}
 
 
+def render_submitter_template(job: RLTrainingJob, image: str) -> dict[str, Any]:
+    """KubeRay's submitter pod (K8sJobMode), with the job's tolerations and priority.
+
+    KubeRay's default submitter tolerates nothing, so on a cluster made only of tainted GPU nodes it never
+    schedules and the driver never starts. KubeRay fills in the ``ray job submit`` command itself.
+    """
+    cluster = job.spec.cluster
+    amounts = {"cpu": "1", "memory": "1Gi"}  # KubeRay's own default for the submitter
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",  # a batch/v1 Job's pod must not restart in place
+        "containers": [{"name": "ray-job-submitter", "image": image,
+                        "resources": {"requests": dict(amounts), "limits": dict(amounts)}}],
+        "tolerations": gpu_tolerations(job),
+    }
+    if cluster.priority_class_name:
+        pod_spec["priorityClassName"] = cluster.priority_class_name
+    pod_labels = {labels.MANAGED_BY: labels.MANAGER, labels.JOB_NAME: job.metadata.name,
+                  labels.ROLE: "submitter"}
+    return {"metadata": {"labels": pod_labels}, "spec": pod_spec}
+
+
 def render_rayjob(job: RLTrainingJob, settings: RenderSettings | None = None) -> dict[str, Any]:
     """Return the KubeRay RayJob (ray.io/v1) that runs the job's driver on a fresh Ray cluster."""
     settings = settings or RenderSettings()
@@ -359,7 +381,8 @@ def render_rayjob(job: RLTrainingJob, settings: RenderSettings | None = None) ->
                 "replicas": group.replicas,
                 "minReplicas": group.replicas,
                 "maxReplicas": group.replicas,
-                "rayStartParams": {"resources": ray_resources_param(group.ray_resources)},
+                "rayStartParams": {},
+                "resources": ray_group_resources(group.ray_resources),
                 "template": _pod_template(
                     job,
                     role=group.role,
@@ -379,6 +402,7 @@ def render_rayjob(job: RLTrainingJob, settings: RenderSettings | None = None) ->
         "shutdownAfterJobFinishes": True,  # also required for suspend and for Kueue
         "ttlSecondsAfterFinished": cluster.ttl_seconds_after_finished,
         "backoffLimit": cluster.backoff_limit,
+        "submitterPodTemplate": render_submitter_template(job, image),
         "rayClusterSpec": {
             "rayVersion": settings.ray_version,
             "enableInTreeAutoscaling": False,

@@ -4,10 +4,16 @@ KubeRay's RayJob has two state fields: ``jobDeploymentStatus`` (KubeRay's view o
 and ``jobStatus`` (Ray's view of the driver). ``phase_of`` maps the pair onto our ``Phase`` as the table in
 ``kubernetes-notes.md`` section 3 does; ``fold_status`` adds conditions with stable transition times, and
 ``status_patch`` returns only what changed, leaving ``progress`` (written by the driver) untouched.
+
+KubeRay reports nothing about pods that cannot start, so ``diagnose_pods`` reads the job's pods directly
+(scheduling failures, image pulls, crash loops) and ``kuberay_silence`` notices a RayJob no KubeRay operator
+has touched; both turn into the phase's reason and message, each with the fix.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -56,6 +62,7 @@ class RayJobView:
     cluster_name: str | None = None
     failed: int = 0
     cluster_provisioned: bool | None = None
+    created_at: datetime | None = None  # the RayJob's metadata.creationTimestamp
 
     @classmethod
     def of(cls, rayjob: dict[str, Any]) -> RayJobView:
@@ -79,6 +86,7 @@ class RayJobView:
             cluster_name=status.get("rayClusterName") or None,
             failed=int(status.get("failed") or 0),
             cluster_provisioned=provisioned,
+            created_at=parse_time((rayjob.get("metadata") or {}).get("creationTimestamp")),
         )
 
 
@@ -134,6 +142,154 @@ def phase_of(view: RayJobView | None, *, suspend: bool, queued: bool = False) ->
 def format_time(now: datetime) -> str:
     """RFC 3339 in UTC with seconds, as metav1.Time serialises."""
     return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: str | None) -> datetime | None:
+    """Parse a metav1.Time (``2026-11-28T10:00:00Z``); None for absent or malformed values."""
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
+    except ValueError:
+        return None
+
+
+# --- why pods do not start -------------------------------------------------------------------------
+
+KUBERAY_GRACE_SECONDS = 60.0
+"""How long a RayJob may sit without any status before we say no KubeRay operator is acting on it."""
+
+IMAGE_PULL_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName",
+                                "ErrImageNeverPull", "RegistryUnavailable"})
+
+
+@dataclass(frozen=True)
+class PodProblem:
+    """Why a job's pods do not start: a CamelCase reason and a message that ends with the fix."""
+
+    reason: str
+    message: str
+
+
+def _scheduling_fix(message: str, job: RLTrainingJob | None) -> str:
+    """The fix for a scheduler message, naming the spec field to change."""
+    claim = re.search(r'persistentvolumeclaim "([^"]+)" not found', message)
+    if claim:
+        return (f"create PersistentVolumeClaim {claim.group(1)!r} in the job's namespace, or point "
+                "spec.cluster.storage.claimName at an existing one")
+    if "unbound immediate PersistentVolumeClaims" in message:
+        return "the PersistentVolumeClaim is not bound: check its StorageClass and `kubectl describe pvc`"
+    taint = re.search(r"untolerated taint[s]? ?\{([^}]*)\}", message)
+    if taint:
+        key = taint.group(1).split(":")[0].strip()
+        return (f"add a toleration for taint {key!r} to spec.cluster.tolerations, e.g. "
+                f"{{key: {key}, operator: Exists, effect: NoSchedule}}")
+    if "Insufficient nvidia.com/gpu" in message:
+        return ("not enough free GPUs on matching nodes: wait for other jobs, add nodes, or lower "
+                "spec.placement GPU counts")
+    if "node affinity/selector" in message or "didn't match Pod's node" in message:
+        wanted = f" (spec.cluster.gpuType={job.spec.cluster.gpu_type.value})" if job else ""
+        return ("no node carries the labels the pods require: check spec.cluster.gpuType and "
+                f"spec.cluster.nodeSelector{wanted}")
+    if "Insufficient cpu" in message or "Insufficient memory" in message:
+        return "nodes lack CPU or memory: lower spec.cluster.cpusPerGpu / spec.cluster.memoryPerGpuGi"
+    return "see `kubectl describe pod` for the scheduler's full message"
+
+
+def _container_statuses(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    status = pod.get("status") or {}
+    return [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
+
+
+def _pod_problem(pod: dict[str, Any], job: RLTrainingJob | None) -> PodProblem | None:
+    name = (pod.get("metadata") or {}).get("name", "?")
+    status = pod.get("status") or {}
+    for cond in status.get("conditions") or []:
+        if (cond.get("type") == "PodScheduled" and cond.get("status") == "False"
+                and cond.get("reason") == "Unschedulable"):
+            message = " ".join((cond.get("message") or "no node fits").split())
+            return PodProblem("Unschedulable", f"pod {name} cannot be scheduled: {message} "
+                                               f"Fix: {_scheduling_fix(message, job)}")
+    for container in _container_statuses(pod):
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        why = waiting.get("reason") or ""
+        detail = " ".join((waiting.get("message") or "").split())
+        image = container.get("image") or "?"
+        if why in IMAGE_PULL_REASONS:
+            return PodProblem("ImagePullFailed", (
+                f"pod {name} cannot pull image {image!r} ({why}{': ' + detail if detail else ''}). "
+                "Fix: check spec.cluster.image (or the operator's --worker-image) and that the "
+                "namespace's service account has the registry's imagePullSecrets"))
+        if why == "CrashLoopBackOff":
+            last = (container.get("lastState") or {}).get("terminated") or {}
+            exit_info = f"exit code {last.get('exitCode')}" if "exitCode" in last else "it exited"
+            if last.get("reason"):
+                exit_info += f", {last['reason']}"
+            return PodProblem("CrashLoopBackOff", (
+                f"container {container.get('name', '?')} of pod {name} keeps crashing ({exit_info}, "
+                f"{container.get('restartCount', 0)} restarts). Fix: read "
+                f"`kubectl logs {name} -c {container.get('name', '?')} --previous`"))
+        if why in ("CreateContainerConfigError", "CreateContainerError"):
+            return PodProblem(why, f"pod {name} cannot start its container: {detail or why}. Fix: "
+                                   "create the ConfigMap or Secret it names, or fix spec.cluster.env")
+    return None
+
+
+def diagnose_pods(pods: Sequence[dict[str, Any]], job: RLTrainingJob | None = None
+                  ) -> PodProblem | None:
+    """Return the first reason the job's pods cannot start (by pod name, so the answer is stable)."""
+    live = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
+    for pod in sorted(live, key=lambda p: (p.get("metadata") or {}).get("name", "")):
+        problem = _pod_problem(pod, job)
+        if problem is not None:
+            return problem
+    return None
+
+
+def kuberay_watched_namespaces(deployments: Sequence[dict[str, Any]]) -> list[str] | None:
+    """Namespaces the KubeRay operator Deployments watch (from ``--watch-namespace`` or
+    ``WATCH_NAMESPACE``); ``[]`` means all namespaces, None that no KubeRay Deployment was seen."""
+    if not deployments:
+        return None
+    found: list[str] = []
+    for deploy in deployments:
+        containers = (((deploy.get("spec") or {}).get("template") or {}).get("spec") or {}).get(
+            "containers") or []
+        watched: str | None = None
+        for container in containers:
+            for arg in [*(container.get("command") or []), *(container.get("args") or [])]:
+                if arg.startswith("--watch-namespace="):
+                    watched = arg.split("=", 1)[1]
+            for env in container.get("env") or []:
+                if env.get("name") == "WATCH_NAMESPACE" and env.get("value"):
+                    watched = env["value"]
+        if not watched:
+            return []  # one operator watching everything
+        found += [n for n in watched.split(",") if n and n not in found]
+    return found
+
+
+def kuberay_silence(view: RayJobView | None, now: datetime, namespace: str | None,
+                    watched: list[str] | None, grace: float = KUBERAY_GRACE_SECONDS
+                    ) -> PodProblem | None:
+    """A RayJob without any status ``grace`` seconds after creation: no KubeRay operator acts on it."""
+    if view is None or view.deployment or view.created_at is None:
+        return None
+    waited = (now - view.created_at).total_seconds()
+    if waited < grace:
+        return None
+    where = f"namespace {namespace!r}" if namespace else "this namespace"
+    if watched is None:
+        hint = ("no KubeRay operator Deployment was found; install KubeRay v1.5+ "
+                "(helm install kuberay-operator kuberay/kuberay-operator) or, on the dev cluster, "
+                "start it with `kuberl dev cluster up --kuberay-operator` (it watches kuberay-system)")
+    elif not watched:
+        hint = "a KubeRay operator watching all namespaces exists but has not acted: is its pod running?"
+    else:
+        hint = (f"KubeRay watches only {', '.join(watched)}: create the job there, or add {where} "
+                "to KubeRay's watchNamespace")
+    return PodProblem("KubeRayNotActing", f"no KubeRay operator has acted on the RayJob for "
+                                          f"{waited:.0f} s. Fix: {hint}")
 
 
 def _cond(type_: ConditionType, ok: bool | None, reason: str, message: str) -> Condition:
@@ -206,13 +362,27 @@ def _dashboard(url: str | None) -> str | None:
     return url if "://" in url else f"http://{url}"
 
 
+WAITING_PHASES = frozenset({Phase.PENDING, Phase.STARTING, Phase.RESTARTING})
+"""Phases in which a pod problem or a silent KubeRay is the real reason the job does not move."""
+
+
+def explain(decision: PhaseDecision, problem: PodProblem | None) -> PhaseDecision:
+    """Replace a waiting phase's generic reason ("the Ray cluster is being created") by the problem."""
+    if problem is None or decision.phase not in WAITING_PHASES:
+        return decision
+    return PhaseDecision(decision.phase, problem.reason, problem.message)
+
+
 def fold_status(
-    job: RLTrainingJob, rayjob: dict[str, Any] | None, now: datetime
+    job: RLTrainingJob, rayjob: dict[str, Any] | None, now: datetime,
+    pods: Sequence[dict[str, Any]] = (), kuberay_namespaces: list[str] | None = None,
 ) -> RLTrainingJobStatus:
-    """Return the job's new status from its RayJob (None if absent) and its previous status.
+    """Return the job's new status from its RayJob (None if absent), its pods and its previous status.
 
     A terminal phase is sticky: once Succeeded, Stopped or Failed, later RayJob changes (its TTL deletion,
-    say) do not move the job. ``progress`` is carried over unchanged; the driver owns it.
+    say) do not move the job. ``progress`` is carried over unchanged; the driver owns it. While the job
+    waits, a pod problem (or a RayJob no KubeRay acts on) becomes its reason, message and ClusterReady
+    condition; ``kuberay_namespaces`` is what ``kuberay_watched_namespaces`` found.
     """
     previous = job.status or RLTrainingJobStatus()
     generation = (job.metadata.model_extra or {}).get("generation")
@@ -221,9 +391,14 @@ def fold_status(
     queued = job.spec.cluster.queue_name is not None
     view = RayJobView.of(rayjob) if rayjob is not None else None
     decision = phase_of(view, suspend=job.spec.suspend, queued=queued)
-    conditions = with_transition_times(
-        desired_conditions(decision, view, queued=queued), previous.conditions, now, generation
-    )
+    problem = diagnose_pods(pods, job) or kuberay_silence(
+        view, now, job.metadata.namespace, kuberay_namespaces)
+    decision = explain(decision, problem)
+    desired = desired_conditions(decision, view, queued=queued)
+    if problem is not None and decision.reason == problem.reason:
+        desired = [_cond(ConditionType.CLUSTER_READY, False, problem.reason, problem.message)
+                   if c.type == ConditionType.CLUSTER_READY else c for c in desired]
+    conditions = with_transition_times(desired, previous.conditions, now, generation)
     return RLTrainingJobStatus(
         phase=decision.phase,
         reason=decision.reason,
@@ -265,13 +440,28 @@ class PhaseEvent:
     message: str
 
 
-def phase_event(previous: Phase | None, new: RLTrainingJobStatus) -> PhaseEvent | None:
-    """Return the Event for a phase change (Warning for Failed), or None when the phase is unchanged."""
-    if new.phase is None or new.phase == previous:
+PROBLEM_REASONS = frozenset({"Unschedulable", "ImagePullFailed", "CrashLoopBackOff",
+                             "CreateContainerConfigError", "CreateContainerError", "KubeRayNotActing"})
+
+
+def phase_event(previous: Phase | None, new: RLTrainingJobStatus,
+                previous_reason: str | None = None) -> PhaseEvent | None:
+    """Return the Event for a phase change (Warning for Failed), a Warning when a waiting job newly hits
+    a pod problem (same phase, new problem reason), or None when nothing worth telling changed.
+
+    ``previous`` must be the phase as stored before this write, so "from" is always the true one.
+    """
+    if new.phase is None:
         return None
-    kind = "Warning" if new.phase == Phase.FAILED else "Normal"
+    if new.phase == previous:
+        if new.reason in PROBLEM_REASONS and new.reason != previous_reason:
+            return PhaseEvent("Warning", new.reason or "", new.message or "")
+        return None
+    problem = new.reason in PROBLEM_REASONS
+    kind = "Warning" if new.phase == Phase.FAILED or problem else "Normal"
     was = previous.value if previous else "none"
-    return PhaseEvent(kind, new.phase.value, f"phase {was} -> {new.phase.value}: {new.message or ''}")
+    reason = new.reason if problem and new.reason else new.phase.value
+    return PhaseEvent(kind, reason, f"phase {was} -> {new.phase.value}: {new.message or ''}")
 
 
 def invalid_spec_status(

@@ -17,9 +17,12 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import statistics
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,9 +31,17 @@ import torch
 
 from kuberl.api.job import RLTrainingJob
 from kuberl.api.resolve import WorkerConfig, resolve
-from kuberl.errors import KuberlError
+from kuberl.errors import TrainingInterrupted
 from kuberl.worker import checkpoint as ckpt
 from kuberl.worker.algo.advantages import compute_advantages
+from kuberl.worker.console import (
+    already_complete,
+    drop_rollouts_from,
+    resume_point,
+    startup_header,
+    summary_record,
+    summary_table,
+)
 from kuberl.worker.import_path import load_callable
 from kuberl.worker.metrics import MetricsExporter
 from kuberl.worker.placement import create_placement_groups, plan_placement
@@ -173,6 +184,8 @@ class Driver:
         self.grader = build_grader(self.config, self.pool)
         self.weight_version = 0
         self.start_rollout = 0
+        self.current_rollout: int | None = None  # the rollout in progress (for "interrupted at")
+        self.last_saved: tuple[int, str] | None = None  # (rollout, path) of the newest checkpoint
         self._engines: list[Any] = []
         self.engine_urls: list[str] = []
         self.trainer: Any = None
@@ -197,13 +210,18 @@ class Driver:
 
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
         if not ray.is_initialized():
-            ray.init(
-                address=self.options.ray_address,
-                include_dashboard=False,
-                log_to_driver=True,
-                configure_logging=False,
-                num_cpus=None if self.options.ray_address else max(2, os.cpu_count() or 2),
-            )
+            local = self.options.ray_address is None
+            # A local Ray listens on loopback only, and its processes inherit an ignored SIGINT: a
+            # Ctrl-C (sent to the whole process group) reaches this driver alone, which stops them.
+            with _sigint_ignored(local):
+                ray.init(
+                    address=self.options.ray_address,
+                    include_dashboard=False,
+                    log_to_driver=True,
+                    configure_logging=False,
+                    num_cpus=None if self.options.ray_address else max(2, os.cpu_count() or 2),
+                    **({"_node_ip_address": "127.0.0.1"} if local else {}),
+                )
         use_gpus = self._use_gpus
         plan = plan_placement(self.config, use_gpus=use_gpus, in_cluster=self.options.in_cluster)
         groups = create_placement_groups(plan)
@@ -258,6 +276,7 @@ class Driver:
         ckpt.restore_rng_state(state["rng"])
         self.weight_version = state["weight_version"]
         self.start_rollout = state["rollout_id"] + 1
+        self.last_saved = (state["rollout_id"], str(found.path))
         self._sync_weights()
         log.info("resumed from %s at rollout %d", found.path, self.start_rollout)
 
@@ -479,9 +498,11 @@ class Driver:
         if self.options.max_rollouts is not None:
             end = min(end, self.start_rollout + self.options.max_rollouts)
         history: list[dict[str, float]] = []
+        self._restart_metrics_log()
         bar = _progress_bar(self.start_rollout, end, self.options.progress_bar)
         rollout_id = self.start_rollout
         while rollout_id < end:
+            self.current_rollout = rollout_id
             step_t0 = time.perf_counter()
             metrics: dict[str, float] = {"progress/rollout_id": float(rollout_id),
                                          "progress/num_rollout": float(end)}
@@ -503,6 +524,8 @@ class Driver:
             metrics["buffer/samples"] = float(self.buffer.num_samples)
             t = time.perf_counter()
             saved = self._checkpoint(rollout_id, end)
+            if saved:
+                self.last_saved = (rollout_id, saved)
             metrics["time/checkpoint_s"] = time.perf_counter() - t
             metrics["time/step_s"] = time.perf_counter() - step_t0
             self._report(rollout_id, end, metrics, saved)
@@ -515,6 +538,17 @@ class Driver:
             history[-1].update(final)
             self._report(end - 1, end, final, None)
         return history
+
+    def _restart_metrics_log(self) -> None:
+        """A resumed run redoes the rollouts after its checkpoint: their earlier lines go, so the log
+        (and ``kuberl plot``) holds each rollout once, in order."""
+        path = self.run_dir / "metrics.jsonl"
+        self._log_file.close()
+        dropped = drop_rollouts_from(path, self.start_rollout)
+        if dropped:
+            log.info("metrics.jsonl: replaced %d line(s) of rollouts >= %d (redone after resume)",
+                     dropped, self.start_rollout)
+        self._log_file = path.open("a")
 
     def _refresh_end(self, end: int) -> int:
         """In a cluster, follow a changed ``spec.rollout.numRollout`` (the one mutable run length)."""
@@ -596,13 +630,111 @@ def _progress_bar(start: int, end: int, enabled: bool):
     return update
 
 
-def run_job(job: RLTrainingJob, options: DriverOptions) -> list[dict[str, float]]:
-    """Start, run and always stop a driver; KuberlErrors propagate with their message."""
-    driver = Driver(job, options)
+@contextmanager
+def _sigint_ignored(enabled: bool) -> Iterator[None]:
+    """Ignore SIGINT while child processes are spawned, so they inherit the ignored disposition."""
+    if not enabled or sys.platform == "win32":
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        driver.start()
-        return driver.run()
-    except KuberlError:
-        raise
+        yield
     finally:
-        driver.stop()
+        signal.signal(signal.SIGINT, previous)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _stopped_by(exc: BaseException) -> str | None:
+    """The signal behind an exception: SIGINT (KeyboardInterrupt), SIGTERM (ours, or Ray's handler,
+    which calls sys.exit(15)), or None for anything else."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "SIGTERM" if exc.args == ("SIGTERM",) else "SIGINT"
+    if isinstance(exc, SystemExit) and exc.code == signal.SIGTERM:
+        return "SIGTERM"
+    return None
+
+
+def _interrupted_message(driver: Driver | None, job: RLTrainingJob, how: str) -> str:
+    where = (f"rollout {driver.current_rollout}" if driver and driver.current_rollout is not None
+             else "start-up")
+    saved = driver.last_saved if driver else None
+    if saved is not None:
+        resume = f"last checkpoint at rollout {saved[0]} ({saved[1]}); rerun the same command to resume"
+    elif job.spec.checkpoint.save:
+        resume = "no checkpoint yet; rerun the same command to start again"
+    else:
+        resume = "no checkpoints (spec.checkpoint.save is unset); rerun to start again"
+    return f"{job.metadata.name}: interrupted ({how}) at {where}; {resume}"
+
+
+def _stop_local_ray(children: list[Any]) -> None:
+    """Shut Ray down and make sure none of its processes outlives this one."""
+    import psutil
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    alive = [p for p in children if p.is_running()]
+    _, alive = psutil.wait_procs(alive, timeout=5)
+    for proc in alive:  # agents that did not notice their raylet is gone
+        with suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=5)
+
+
+def run_job(job: RLTrainingJob, options: DriverOptions) -> list[dict[str, float]]:
+    """Print the header, start, run and always stop a driver, then print the summary.
+
+    A finished job returns at once, before Ray starts. Ctrl-C and SIGTERM stop the run cleanly: Ray and its
+    processes are shut down and ``TrainingInterrupted`` says where it stopped and how to resume.
+    """
+    config = resolve(job, in_cluster=options.in_cluster)
+    point = resume_point(config)
+    finished = already_complete(job, point) if options.max_rollouts is None else None
+    if finished:
+        print(finished, file=sys.stderr)
+        return []
+    end = job.spec.rollout.num_rollout
+    if end is not None and options.max_rollouts is not None:
+        end = min(end, point.next_rollout + options.max_rollouts)
+    options.run_dir.mkdir(parents=True, exist_ok=True)
+    (options.run_dir / "job.json").write_text(json.dumps(
+        {"name": job.metadata.name, "namespace": job.metadata.namespace}))
+    print(f"kuberl: training {job.metadata.name}\n"
+          f"{startup_header(job, config, options.run_dir, point, end)}", file=sys.stderr, flush=True)
+    local = options.ray_address is None
+    previous_term = signal.signal(signal.SIGTERM, _raise_interrupt) if local else None
+    started = time.monotonic()
+    driver: Driver | None = None
+    history: list[dict[str, float]] = []
+    try:
+        driver = Driver(job, options)
+        driver.start()
+        history = driver.run()
+    except (KeyboardInterrupt, SystemExit) as exc:
+        how = _stopped_by(exc)
+        if how is None:
+            raise
+        raise TrainingInterrupted(_interrupted_message(driver, job, how),
+                                  130 if how == "SIGINT" else 143) from None
+    finally:
+        # Cleanup runs to the end: a second Ctrl-C must not leave Ray's processes behind.
+        with _sigint_ignored(local):
+            if local:
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            import psutil
+
+            children = psutil.Process().children(recursive=True) if local else []
+            if driver is not None:
+                driver.stop()
+            if local:
+                _stop_local_ray(children)
+                signal.signal(signal.SIGTERM, previous_term or signal.SIG_DFL)
+    saved = driver.last_saved[1] if driver and driver.last_saved else None
+    (options.run_dir / "summary.json").write_text(json.dumps(summary_record(history, options.run_dir)))
+    print(f"kuberl: {job.metadata.name} done\n"
+          f"{summary_table(history, options.run_dir, saved, time.monotonic() - started)}", flush=True)
+    return history

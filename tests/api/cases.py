@@ -3,7 +3,8 @@
 Each bad case breaks exactly one rule of one layer:
 - ``schema``: OpenAPI schema (types, enums, bounds, patterns, unknown fields), checked by the apiserver and pydantic;
 - ``cel``: a cross-field rule declared once in kuberl.api with a CEL and a Python form;
-- ``pydantic``: only checkable outside the apiserver (none expected today; kept for completeness).
+- ``pydantic``: only checkable outside the apiserver: the passthrough serverArgs/routerArgs, checked against
+  the pinned SGLang's and smg's argument lists (the operator refuses them at admission).
 """
 
 from __future__ import annotations
@@ -145,4 +146,15 @@ BAD_CASES: list[BadCase] = [
             "spec.cluster.gpuType", "H100", "schema"),
     BadCase("bad-kl-type", _with("spec.algorithm.klLossType", "kl"),
             "spec.algorithm.klLossType", "low_var_kl", "schema"),
+    # --- pydantic only: passthrough arguments checked against the pinned SGLang and smg ---
+    BadCase("server-arg-typo", _with("spec.sglang.serverArgs", {"memFractonStatic": 0.8}),
+            "spec.sglang.serverArgs.memFractonStatic", "did you mean memFractionStatic?", "pydantic"),
+    BadCase("memory-fraction-above-one", _with("spec.sglang.serverArgs", {"memFractionStatic": 1.2}),
+            "spec.sglang.serverArgs.memFractionStatic", "must be > 0 and <= 1", "pydantic"),
+    BadCase("negative-port", _with("spec.sglang.serverArgs", {"ncclPort": -5}),
+            "spec.sglang.serverArgs.ncclPort", "must be >= 1 and <= 65535", "pydantic"),
+    BadCase("server-arg-owned-by-kuberl", _with("spec.sglang.serverArgs", {"tpSize": 2}),
+            "spec.sglang.serverArgs.tpSize", "set by spec.sglang.gpusPerEngine", "pydantic"),
+    BadCase("router-policy-not-a-choice", _with("spec.sglang.routerArgs", {"policy": "fastest"}),
+            "spec.sglang.routerArgs.policy", "not one of cache_aware", "pydantic"),
 ]

@@ -140,6 +140,8 @@ def test_rbac_is_least_privilege(render, value_set: str) -> None:
     for resource in ("roles", "rolebindings"):
         assert grants[("rbac.authorization.k8s.io", resource)] == {"create", "patch"}
     assert grants[("", "events")] == {"create"}  # kopf.event posts core/v1 Events
+    assert grants[("", "pods")] == {"list", "watch"}  # read-only: explains pods that do not start
+    assert grants[("apps", "deployments")] == {"list"}  # which namespaces KubeRay watches
 
 
 def test_operator_rbac_covers_the_driver_role_it_creates(render) -> None:
@@ -164,8 +166,8 @@ def test_watched_namespaces_get_roles_only_there(render) -> None:
     assert sorted(b["metadata"]["namespace"] for b in find(objects, "RoleBinding")) == sorted(
         values["watchNamespaces"])
     [cluster_role] = find(objects, "ClusterRole")
-    assert {r for rule in cluster_role["rules"] for r in rule["resources"]} == {"customresourcedefinitions",
-                                                                             "namespaces"}
+    assert {r for rule in cluster_role["rules"] for r in rule["resources"]} == {
+        "customresourcedefinitions", "namespaces", "deployments"}
     assert {v for rule in cluster_role["rules"] for v in rule["verbs"]} == {"list", "watch"}
 
 

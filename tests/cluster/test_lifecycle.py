@@ -50,7 +50,10 @@ def test_up_env_status_down_from_separate_processes(tmp_path: Path) -> None:
     assert kubeconfig.is_file() and kubeconfig.parent == directory
     try:
         env = kuberl("env", "--dir", str(directory))
-        assert env.stdout.strip() == f"export KUBECONFIG={kubeconfig}"
+        exports = env.stdout.strip().splitlines()
+        assert exports[0] == f"export KUBECONFIG={kubeconfig}"
+        assert exports[1].startswith('export PATH="') and exports[1].endswith(':$PATH"')
+        assert (Path(exports[1].split('"')[1].split(":")[0]) / "kubectl").exists()
         assert kuberl("status", "--dir", str(directory)).returncode == 0
 
         state = ClusterState.load(directory)

@@ -43,6 +43,8 @@ def test_kuberl_train_raises_reward_on_the_tiny_task(easy_tiny_build: Path, tmp_
     # The engine's logprobs match the trainer's (same weights, same numerics on CPU).
     assert max(r["train/logprob_diff"] for r in rows if "train/logprob_diff" in r) < 1e-3
     assert any("eval/score" in r for r in rows)
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["rollouts"] == 30
+    assert "reward" in proc.stdout and "kuberl plot" in proc.stdout  # the final table
+    assert "fresh start (rollout 0/30)" in proc.stderr  # the start-up header
     assert (tmp_path / "checkpoints" / "rollout_000029").is_dir()

@@ -6,7 +6,6 @@ back from the apiserver. The expectations are derived from the spec's arithmetic
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from kuberl.api import RLTrainingJob
@@ -29,10 +28,12 @@ def gpus(group: dict[str, Any]) -> int:
 
 
 def ray_resources(group: dict[str, Any]) -> dict[str, int]:
-    """Undo the shell quoting of rayStartParams.resources: '"{\\"k\\": 1}"' -> {"k": 1}."""
-    raw = group["rayStartParams"]["resources"]
-    assert raw.startswith('"') and raw.endswith('"'), raw
-    return json.loads(raw[1:-1].replace('\\"', '"'))
+    """The group's Ray custom resources, from KubeRay's typed ``resources`` map (quantity strings).
+
+    ``rayStartParams.resources`` must stay unset: KubeRay 1.5 cannot parse the shell-escaped JSON there.
+    """
+    assert "resources" not in group.get("rayStartParams", {}), group["rayStartParams"]
+    return {name: int(quantity) for name, quantity in group["resources"].items()}
 
 
 def check_rayjob(rayjob: dict[str, Any], job: RLTrainingJob, *, default_image: str) -> None:

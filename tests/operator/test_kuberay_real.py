@@ -8,6 +8,7 @@ a best-effort basis (hack/cluster/build.sh); without its binary these tests are 
 
 from __future__ import annotations
 
+import json
 import shlex
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,7 +75,22 @@ def _status(kc: Kubectl, kind: str, name: str) -> dict[str, Any]:
     return (kc.get(kind, name) or {}).get("status") or {}
 
 
-def test_kuberay_builds_our_cluster_on_h100_nodes(operator: OperatorProcess, kc: Kubectl) -> None:
+def ray_start_flags(pod: dict[str, Any]) -> dict[str, str]:
+    """``--name=value`` flags of the ``ray start`` command in the container's shell line."""
+    words = shlex.split(pod["spec"]["containers"][0]["args"][0])
+    start = words.index("start")
+    flags = {}
+    for word in words[start + 1:]:
+        if word in ("&&", ";", "|"):
+            break
+        if word.startswith("--"):
+            name, _, value = word[2:].partition("=")
+            flags[name] = value
+    return flags
+
+
+def test_kuberay_builds_our_cluster_on_h100_nodes(operator: OperatorProcess, kc: Kubectl,
+                                                  kuberay_cluster: Any) -> None:
     kc.apply(_job("real"))
     rj = wait_for(lambda: (s := _status(kc, "rayjob", "real")).get("jobDeploymentStatus") == "Running"
                   and s, timeout=90, interval=0.5, what="KubeRay to bring the RayJob to Running")
@@ -97,10 +113,18 @@ def test_kuberay_builds_our_cluster_on_h100_nodes(operator: OperatorProcess, kc:
         assert node["metadata"]["labels"]["nvidia.com/gpu.product"] == H100
         limits = pod["spec"]["containers"][0]["resources"]["limits"]
         assert limits["nvidia.com/gpu"] == gpus
-        # KubeRay's `ray start` line, parsed as its shell would, advertises our custom resource.
-        args = shlex.split(pod["spec"]["containers"][0]["args"][0])
-        assert f'--resources={{"{resource}": {gpus}}}' in args
+        # KubeRay's `ray start` line, parsed as its shell would, advertises our custom resource
+        # (from the group's typed `resources` map) and the GPUs (from the container's limit).
+        flags = ray_start_flags(pod)
+        assert json.loads(flags["resources"]) == {resource: int(gpus)}, flags
+        assert flags["num-gpus"] == gpus, flags
     assert pods["headgroup"]["status"]["phase"] == "Running"
+    # KubeRay parsed every group's resources: no "failed to add accelerator resources" (issue 13).
+    log = Path(next(p.log for p in kuberay_cluster.state.processes if p.name == "kuberay-operator"))
+    text = log.read_text(errors="replace")
+    assert "generateRayStartCommand" in text  # the log is the one that built these pods
+    assert "failed to add accelerator resources" not in text
+    assert "failed to unmarshal resources" not in text
     assert "nvidia.com/gpu" not in pods["headgroup"]["spec"]["containers"][0]["resources"]["limits"]
 
 

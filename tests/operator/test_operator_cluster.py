@@ -263,6 +263,47 @@ def test_changes_under_a_running_job_are_rejected_with_their_message(
     assert "delete and recreate" in proc.stderr
 
 
+ADMISSION_REFUSALS = [
+    # (job name, spec edits, the field the message names)
+    ("sglang-on-cpu", {"backends__device": "cpu"}, "spec.backends.device"),
+    ("torch-tp", {"backends__trainer": "torch"}, "spec.perf"),
+    ("server-arg-typo", {"sglang__serverArgs": {"memFractonStatic": 0.8}},
+     "spec.sglang.serverArgs.memFractonStatic"),
+    ("memory-above-one", {"sglang__serverArgs": {"memFractionStatic": 1.5}},
+     "spec.sglang.serverArgs.memFractionStatic"),
+]
+
+
+@pytest.mark.parametrize(("name", "edits", "field"), ADMISSION_REFUSALS,
+                         ids=[c[0] for c in ADMISSION_REFUSALS])
+def test_operator_refuses_a_job_that_cannot_run_before_creating_its_rayjob(
+    operator: OperatorProcess, ns_kubectl: Kubectl, name: str, edits: dict[str, Any], field: str
+) -> None:
+    """The apiserver accepts these (schema and CEL hold); the operator's admission does not."""
+    kc = ns_kubectl
+    kc.apply(manifest(name, **edits))
+    st = wait_phase(kc, name, "Failed")
+    assert st["reason"] == "InvalidSpec" and st["message"].startswith(f"{field}: "), st
+    assert condition(st, "Failed")["status"] == "True"
+    events = [e for e in kc.list("events") if e["involvedObject"]["name"] == name]
+    assert any(e["reason"] == "InvalidSpec" and e["type"] == "Warning" and field in e["message"]
+               for e in events), events
+    time.sleep(2 * operator.resync)  # resyncs must not create it later either
+    assert kc.get("rayjob", name) is None
+    assert kc.get("configmap", f"{name}-config") is None
+
+
+def test_a_warning_is_an_event_and_the_job_still_runs(
+    operator: OperatorProcess, ns_kubectl: Kubectl
+) -> None:
+    kc, name = ns_kubectl, "warned"
+    kc.apply(manifest(name, checkpoint__save="/scratch/ckpt"))
+    wait_rayjob(kc, name)
+    wait_for(lambda: any(e["reason"] == "SpecWarning" and "spec.checkpoint.save" in e["message"]
+                         for e in kc.list("events") if e["involvedObject"]["name"] == name),
+             what="the SpecWarning event")
+
+
 def test_rayjob_deleted_by_someone_else_is_recreated(
     operator: OperatorProcess, ns_kubectl: Kubectl
 ) -> None:

@@ -183,9 +183,31 @@ def test_config_map_holds_the_defaulted_job_and_the_resolved_config() -> None:
     assert resolved["num_engines"] == 2 and resolved["rollout_num_gpus"] == 4
 
 
-def test_ray_resources_param_survives_the_shell() -> None:
-    import shlex
+def test_ray_custom_resources_use_the_typed_group_map() -> None:
+    rayjob = render.render_rayjob(_job(REFERENCE))
+    for group in rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"]:
+        assert group["rayStartParams"] == {}  # KubeRay adds --num-gpus from the GPU limit itself
+        assert all(isinstance(v, str) and v.isdigit() for v in group["resources"].values())
+    assert render.ray_group_resources({"kuberl_trainer": 4, "kuberl_rollout": 4}) == {
+        "kuberl_rollout": "4", "kuberl_trainer": "4"}
 
-    value = render.ray_resources_param({"kuberl_trainer": 4, "kuberl_rollout": 4})
-    (arg,) = shlex.split(f"--resources={value}")
-    assert arg == '--resources={"kuberl_rollout": 4, "kuberl_trainer": 4}'
+
+def test_submitter_pod_carries_the_job_tolerations_so_tainted_gpu_only_pools_can_submit() -> None:
+    """KubeRay's default submitter tolerates nothing; on a cluster of tainted GPU nodes it never starts."""
+    taint = {"key": "dedicated", "operator": "Equal", "value": "rl", "effect": "NoSchedule"}
+    manifest = _edit(REFERENCE, "spec.cluster", {
+        **REFERENCE["spec"]["cluster"], "tolerations": [taint], "priorityClassName": "training",
+        "image": "registry.example/kuberl-worker:1"})
+    job = _job(manifest)
+    spec = render.render_rayjob(job)["spec"]
+    submitter = spec["submitterPodTemplate"]
+    assert spec.get("submissionMode", "K8sJobMode") == "K8sJobMode"  # the only mode taking a template
+    pod = submitter["spec"]
+    assert pod["restartPolicy"] == "Never"
+    assert taint in pod["tolerations"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert pod["priorityClassName"] == "training"
+    [container] = pod["containers"]
+    assert container["image"] == "registry.example/kuberl-worker:1"
+    assert "command" not in container  # KubeRay writes `ray job submit ...` itself
+    assert submitter["metadata"]["labels"]["kuberl.io/job-name"] == job.metadata.name

@@ -55,13 +55,16 @@ def group_advantages(
 
     ``(r - mean_g) / (std_g + eps)`` with the unbiased (N-1) std of the G samples of a prompt; with
     ``std_normalization=False`` only the mean is removed (Dr.GRPO). A group of identical rewards gives
-    exactly zero; groups of one sample are never divided (their unbiased std is undefined).
+    exactly zero, fractional ones included: the rewards are first shifted by the group's first reward, so
+    identical rewards become exact zeros before any rounding mean (a float mean of eight 0.7s is one ulp
+    off, which ``/ (0 + eps)`` would blow up to 0.056). Groups of one sample are never divided.
     """
     r = _groups(rewards, group_size)  # (P, G)
-    centred = r - r.mean(dim=-1, keepdim=True)  # (P, G)
+    shifted = r.double() - r[:, :1].double()  # (P, G) exact zeros where a reward equals the first
+    centred = shifted - shifted.mean(dim=-1, keepdim=True)  # (P, G)
     if std_normalization and r.shape[-1] > 1:
-        centred = centred / (r.std(dim=-1, keepdim=True) + eps)
-    return centred.reshape(-1)  # (P*G,)
+        centred = centred / (shifted.std(dim=-1, keepdim=True) + eps)
+    return centred.float().reshape(-1)  # (P*G,)
 
 
 gspo_advantages = group_advantages

@@ -14,6 +14,10 @@ import torch
 from torch import Tensor
 
 LOW_VAR_KL_CLAMP = 10.0
+# k3(x) = e^x - 1 - x exceeds LOW_VAR_KL_CLAMP for every x outside about [-11, 2.6], so clamping the
+# log-ratio to +-20 before exp changes no clamped value, yet keeps e^x finite: in float32 e^x overflows
+# above 88, and the outer clamp's zero gradient times an infinite one is NaN.
+LOW_VAR_KL_LOG_RATIO_CLAMP = 20.0
 
 
 def upcast(t: Tensor) -> Tensor:
@@ -47,8 +51,15 @@ def k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
 
 
 def low_var_kl(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
-    """Return k3 clamped to [-10, 10], so one far-off token cannot dominate the loss."""
-    return k3(logprobs, ref_logprobs).clamp(-LOW_VAR_KL_CLAMP, LOW_VAR_KL_CLAMP)
+    """Return k3 clamped to [-10, 10], so one far-off token cannot dominate the loss.
+
+    The log-ratio is clamped before ``exp`` (see ``LOW_VAR_KL_LOG_RATIO_CLAMP``), so the gradient stays
+    finite (zero) however far the policies are apart, e.g. ``ref - logp > 88``.
+    """
+    log_r = (upcast(ref_logprobs) - upcast(logprobs)).clamp(
+        -LOW_VAR_KL_LOG_RATIO_CLAMP, LOW_VAR_KL_LOG_RATIO_CLAMP
+    )
+    return (log_r.exp() - 1.0 - log_r).clamp(-LOW_VAR_KL_CLAMP, LOW_VAR_KL_CLAMP)
 
 
 _ESTIMATORS = {KlType.K1: k1, KlType.K2: k2, KlType.K3: k3, KlType.LOW_VAR_KL: low_var_kl}
@@ -65,7 +76,7 @@ def approx_kl(logprobs: Tensor, ref_logprobs: Tensor, kind: KlType | str) -> Ten
     except ValueError:
         names = ", ".join(k.value for k in KlType)
         raise ValueError(
-            f"algorithm.klLossType: unknown KL estimator {kind!r}; use one of {names}"
+            f"spec.algorithm.klLossType: unknown KL estimator {kind!r}; use one of {names}"
         ) from None
     return estimator(logprobs, ref_logprobs)
 

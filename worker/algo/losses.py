@@ -50,7 +50,7 @@ class LossConfig:
     def __post_init__(self) -> None:
         if self.eps_clip_c is not None and self.eps_clip_c <= 1.0:
             raise ValueError(
-                f"algorithm.epsClipC must be > 1 for dual-clip PPO, got {self.eps_clip_c}"
+                f"spec.algorithm.epsClipC must be > 1 for dual-clip PPO, got {self.eps_clip_c}"
             )
 
     @classmethod

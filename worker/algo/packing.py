@@ -27,7 +27,7 @@ def token_budget(max_tokens_per_gpu: int, cp_size: int = 1) -> int:
     """Return the tokens one micro-batch may hold: context-parallel ranks share cp x the per-GPU cap."""
     if max_tokens_per_gpu <= 0 or cp_size <= 0:
         raise ValueError(
-            f"perf.maxTokensPerGpu ({max_tokens_per_gpu}) and contextParallelSize ({cp_size}) "
+            f"spec.perf.maxTokensPerGpu ({max_tokens_per_gpu}) and contextParallelSize ({cp_size}) "
             "must be positive"
         )
     return max_tokens_per_gpu * cp_size
@@ -66,7 +66,7 @@ def pack_micro_batches(lengths: Sequence[int], budget: int) -> list[list[int]]:
 def fixed_micro_batches(num_samples: int, micro_batch_size: int) -> list[list[int]]:
     """Return consecutive micro-batches of ``micro_batch_size`` samples (dynamic batching off)."""
     if micro_batch_size <= 0:
-        raise ValueError(f"rollout.microBatchSize must be positive, got {micro_batch_size}")
+        raise ValueError(f"spec.rollout.microBatchSize must be positive, got {micro_batch_size}")
     return [
         list(range(s, min(s + micro_batch_size, num_samples)))
         for s in range(0, num_samples, micro_batch_size)
@@ -177,7 +177,7 @@ def plan_step(
     n = len(lengths)
     if use_dynamic_batch_size:
         if not max_tokens_per_gpu:
-            raise ValueError("perf.useDynamicBatchSize needs perf.maxTokensPerGpu")
+            raise ValueError("spec.perf.useDynamicBatchSize needs spec.perf.maxTokensPerGpu")
         budget = token_budget(max_tokens_per_gpu, cp_size)
         plan = _pack_then_assign(lengths, budget, dp_size, balance_data)
         if balance_data and dp_size > 1:
@@ -192,7 +192,7 @@ def plan_step(
     if balance_data:
         if n % dp_size:
             raise ValueError(
-                f"rollout.balanceData with fixed micro-batches needs the step's {n} samples to "
+                f"spec.rollout.balanceData with fixed micro-batches needs the step's {n} samples to "
                 f"divide evenly over {dp_size} data-parallel ranks"
             )
         shares = equal_count_partition(list(lengths), dp_size)

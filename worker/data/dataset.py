@@ -30,7 +30,7 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     """All rows of a ``.jsonl`` or ``.parquet`` file as dicts."""
     path = Path(path)
     if not path.exists():
-        raise SpecError([f"rollout.promptData: {str(path)!r} does not exist; give a .jsonl or "
+        raise SpecError([f"spec.rollout.promptData: {str(path)!r} does not exist; give a .jsonl or "
                          ".parquet file reachable from the worker"])
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
@@ -44,9 +44,9 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
                     try:
                         rows.append(json.loads(line))
                     except json.JSONDecodeError as e:
-                        raise SpecError([f"rollout.promptData: line {n} of {path} is not JSON: {e}"]) from e
+                        raise SpecError([f"spec.rollout.promptData: line {n} of {path} is not JSON: {e}"]) from e
         return rows
-    raise SpecError([f"rollout.promptData: {str(path)!r} has suffix {path.suffix!r}; "
+    raise SpecError([f"spec.rollout.promptData: {str(path)!r} has suffix {path.suffix!r}; "
                      "use .jsonl or .parquet"])
 
 
@@ -62,7 +62,7 @@ def render_prompt(raw: Any, tokenizer: Any, apply_chat_template: bool,
         )
         return [int(t) for t in ids]
     if is_chat:
-        raise SpecError(["rollout.applyChatTemplate: the prompts are chat messages; set "
+        raise SpecError(["spec.rollout.applyChatTemplate: the prompts are chat messages; set "
                          "applyChatTemplate: true (or give plain-text prompts)"])
     return tokenizer.encode(str(raw), add_special_tokens=False)
 
@@ -82,10 +82,10 @@ class PromptDataset:
         self.dropped = 0
         for i, row in enumerate(rows):
             if input_key not in row:
-                raise SpecError([f"rollout.inputKey: row {i} of {path} has no key {input_key!r} "
+                raise SpecError([f"spec.rollout.inputKey: row {i} of {path} has no key {input_key!r} "
                                  f"(it has {sorted(row)}); set inputKey to the prompt's key"])
             if label_key is not None and label_key not in row:
-                raise SpecError([f"rollout.labelKey: row {i} of {path} has no key {label_key!r} "
+                raise SpecError([f"spec.rollout.labelKey: row {i} of {path} has no key {label_key!r} "
                                  f"(it has {sorted(row)}); set labelKey to the answer's key"])
             ids = render_prompt(row[input_key], tokenizer, apply_chat_template, template_kwargs)
             if max_prompt_len is not None and len(ids) > max_prompt_len:
@@ -99,7 +99,7 @@ class PromptDataset:
                 label=row.get(label_key) if label_key else None, metadata=dict(meta),
             ))
         if not self.prompts:
-            raise SpecError([f"rollout.promptData: no usable prompt in {path} ({len(rows)} rows, "
+            raise SpecError([f"spec.rollout.promptData: no usable prompt in {path} ({len(rows)} rows, "
                              f"{self.dropped} longer than maxPromptLen={max_prompt_len})"])
 
     def __len__(self) -> int:

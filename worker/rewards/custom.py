@@ -13,7 +13,7 @@ from typing import Any
 
 from kuberl.worker.import_path import load_callable
 
-FIELD = "rollout.customRmPath"
+FIELD = "spec.rollout.customRmPath"
 
 
 def arity(fn: Callable[..., Any]) -> int:

@@ -34,14 +34,14 @@ def choose(metadata: dict[str, Any], rm_type: str | None, custom_rm_path: str | 
         return Choice("custom", path)
     name = metadata.get("rm_type") or rm_type
     if name is None:
-        raise SpecError(["rollout.rmType: no grader configured; set rmType "
+        raise SpecError(["spec.rollout.rmType: no grader configured; set rmType "
                          f"(one of {', '.join(NAMES)}) or customRmPath"])
     if name == REMOTE:
         if not rm_url:
-            raise SpecError(["rollout.rmUrl: rmType is remote but rmUrl is empty; set rmUrl"])
+            raise SpecError(["spec.rollout.rmUrl: rmType is remote but rmUrl is empty; set rmUrl"])
         return Choice("remote", rm_url)
     if name not in BUILTIN:
-        raise SpecError([f"rollout.rmType: unknown grader {name!r}; use one of {', '.join(NAMES)}"])
+        raise SpecError([f"spec.rollout.rmType: unknown grader {name!r}; use one of {', '.join(NAMES)}"])
     return Choice("builtin", name)
 
 
@@ -50,7 +50,7 @@ def reward_value(raw: Any, reward_key: str | None) -> float:
     if isinstance(raw, dict):
         key = reward_key or ("score" if "score" in raw else None)
         if key is None or key not in raw:
-            raise SpecError([f"rollout.rewardKey: the grader returned keys {sorted(raw)}; set the "
+            raise SpecError([f"spec.rollout.rewardKey: the grader returned keys {sorted(raw)}; set the "
                              "key that holds the reward"])
         return float(raw[key])
     return float(raw)

@@ -42,6 +42,15 @@ class TestGroupAdvantages:
         out = group_advantages(t(1, 1, 1, 1, 0, 0, 0, 0), 4)
         assert torch.equal(out, torch.zeros(8))
 
+    def test_eight_identical_fractional_rewards_give_exactly_zero(self) -> None:
+        # float32 mean of eight 0.7s is one ulp off 0.7; divided by (0 + 1e-6) that was +0.056 each.
+        for std_normalization in (True, False):
+            out = group_advantages(torch.full((8,), 0.7), 8, std_normalization=std_normalization)
+            assert torch.equal(out, torch.zeros(8))
+        mixed = group_advantages(t(0.7, 0.7, 0.7, 0.7, 0.3, 0.3, 0.3, 0.3), 4)
+        assert torch.equal(mixed, torch.zeros(8))
+        assert zero_std_group_count(torch.full((8,), 0.7), 8) == 1
+
     def test_std_normalisation_off_only_removes_the_mean(self) -> None:
         out = group_advantages(t(1, 0, 0), 3, std_normalization=False)
         torch.testing.assert_close(out, t(2 / 3, -1 / 3, -1 / 3))

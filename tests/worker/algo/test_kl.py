@@ -60,3 +60,25 @@ def test_unknown_estimator_names_the_field_and_the_choices() -> None:
 def test_masked_kl_zeroes_untrained_tokens() -> None:
     out = masked_kl(LOGPROBS, REF, torch.tensor([0.0, 1.0]), "k1")
     torch.testing.assert_close(out, torch.tensor([0.0, -1.0]))
+
+
+@pytest.mark.parametrize("gap", [88.5, 100.0, 1e4])
+def test_low_var_kl_gradient_is_finite_when_ref_exceeds_logp_by_more_than_88(gap: float) -> None:
+    # exp(ref - logp) overflows float32 above ~88.7; clamping after exp made the gradient 0 * inf = NaN.
+    logp = torch.tensor([-gap - 1.0, -1.0, -2.0], requires_grad=True)
+    ref = torch.tensor([-1.0, -1.5, -1.0])
+    kl = approx_kl(logp, ref, "low_var_kl")
+    kl.sum().backward()
+    assert logp.grad is not None and torch.isfinite(logp.grad).all()
+    assert kl[0].item() == 10.0 and logp.grad[0].item() == 0.0  # clamped: no pull from that token
+    # the in-range tokens keep k3's value and gradient d/dlogp (e^{ref-logp} - 1 - (ref-logp))
+    torch.testing.assert_close(kl[1:], approx_kl(logp.detach()[1:], ref[1:], "k3"))
+    expected = [1.0 - math.exp(-0.5), 1.0 - math.exp(1.0)]
+    torch.testing.assert_close(logp.grad[1:], torch.tensor(expected))
+
+
+def test_low_var_kl_bf16_far_apart_policies_stay_finite() -> None:
+    logp = torch.tensor([-120.0, -0.5], dtype=torch.bfloat16, requires_grad=True)
+    ref = torch.tensor([-0.5, -120.0], dtype=torch.bfloat16)
+    approx_kl(logp, ref, "low_var_kl").sum().backward()
+    assert logp.grad is not None and torch.isfinite(logp.grad.float()).all()

@@ -37,6 +37,16 @@ def test_deepscaler(response, label, score):
     ("<think>\\boxed{204}</think> I think it is \\boxed{205}", "204", 0.0),
     ("\\boxed{3}", "4", 0.0),
     ("no answer at all", "4", 0.0),
+    # graded like slime's `math`: only the last \boxed{} answer counts
+    ("The answer is 42", "42", 0.0),  # bare number, no box
+    ("so the total is 42.", "\\boxed{42}", 0.0),
+    ("The answer is \\boxed{42}.", "42", 1.0),
+    ("\\boxed{\\frac{\\sqrt{3}}{2}}", "\\frac{\\sqrt{3}}{2}", 1.0),  # nested braces
+    ("\\boxed{\\frac{\\sqrt{3}}{2}}", "\\frac{\\sqrt{2}}{2}", 0.0),
+    ("first \\boxed{7}, then \\boxed{9}", "9", 1.0),  # several boxes: the last one
+    ("first \\boxed{9}, then \\boxed{7}", "9", 0.0),
+    ("\\boxed{}", "0", 0.0),  # empty box
+    ("\\boxed{2\\pi} \\text{ and more: } 6.28", "2\\pi", 1.0),
 ])
 def test_math_verify(response, label, score):
     assert mathverify.grade(response, label) == score
