@@ -28,8 +28,6 @@ DEFAULT_POLICY = "cache_aware"
 # The router's own health checks only take a failed engine out of rotation; the driver's supervisor
 # replaces it. A short interval keeps the window in which smg still routes to a dead engine small.
 HEALTH_CHECK_INTERVAL_S = 2
-UPSTREAM_ERRORS = ("call_upstream_request_error", "upstream", "no available workers",
-                   "no healthy worker")
 
 
 def find_smg() -> str:
@@ -200,9 +198,9 @@ class RouterClient(EngineBalancer):
 
 
 def is_upstream_failure(error: EngineHTTPError) -> bool:
-    """smg's answer when the engine it picked failed (a 500 naming the upstream), not a bad request."""
-    return error.status is not None and error.status >= 500 and any(
-        marker in str(error).lower() for marker in UPSTREAM_ERRORS)
+    """A 5xx from the router: the engine it picked failed (smg says 500 ``call_upstream_request_error``
+    for a dead one). Worth a health check and a retry elsewhere, unlike a 4xx (a bad request)."""
+    return error.status is not None and error.status >= 500
 
 
 async def worker_urls(router_url: str) -> list[str]:
