@@ -16,7 +16,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,27 +63,31 @@ def ray_cluster(tmp_path: Path) -> Iterator[str]:
     try:
         start("head", "--head", f"--port={gcs}", "--num-cpus=1", "--include-dashboard=false",
               f"--temp-dir={tmp_path / 'ray'}")
-        probe = (f"import ray, time\nray.init(address='127.0.0.1:{gcs}', logging_level='ERROR')\n"
-                 "print(ray.util.get_node_ip_address())")
-        address = ""
-        for _ in range(60):
-            done = _ray_python(probe, env, 120)
-            if done.returncode == 0:
-                address = f"{done.stdout.strip().splitlines()[-1]}:{gcs}"
-                break
-            time.sleep(2)
-        assert address, f"the Ray head did not start: {(tmp_path / 'ray-head.log').read_text()[-3000:]}"
+        # Ray listens on the node's address (as in a pod), not on loopback.
+        from ray.util import get_node_ip_address
+
+        address = f"{get_node_ip_address()}:{gcs}"
+
+        def wait_nodes(count: int) -> None:
+            code = ("import ray, time\n"
+                    "for _ in range(90):\n"
+                    "    try:\n"
+                    f"        ray.init(address='{address}', logging_level='ERROR'); break\n"
+                    "    except ConnectionError: time.sleep(2)\n"
+                    "for _ in range(300):\n"
+                    f"    if len([n for n in ray.nodes() if n['Alive']]) == {count}: break\n"
+                    "    time.sleep(1)\n"
+                    "else: raise SystemExit('the Ray nodes did not join')\n")
+            done = _ray_python(code, env, 900)
+            assert done.returncode == 0, (done.stderr[-3000:],
+                                          (tmp_path / "ray-head.log").read_text()[-3000:])
+
+        wait_nodes(1)
         start("trainer", f"--address={address}", "--num-cpus=2",
               f"--resources={json.dumps({TRAINER_RESOURCE: 1})}")
         start("rollout", f"--address={address}", "--num-cpus=2",
               f"--resources={json.dumps({ROLLOUT_RESOURCE: 1})}")
-        wait = (f"import ray, time\nray.init(address='{address}', logging_level='ERROR')\n"
-                "for _ in range(300):\n"
-                "    if len([n for n in ray.nodes() if n['Alive']]) == 3: break\n"
-                "    time.sleep(1)\n"
-                "else: raise SystemExit('worker nodes did not join')\n")
-        joined = _ray_python(wait, env, 400)
-        assert joined.returncode == 0, joined.stderr[-3000:]
+        wait_nodes(3)
         yield address
     finally:
         for p in procs:
