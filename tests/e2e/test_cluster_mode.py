@@ -11,11 +11,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,6 +52,8 @@ def _ray_python(code: str, env: dict[str, str], timeout: float) -> subprocess.Co
 @pytest.fixture
 def ray_cluster(tmp_path: Path) -> Iterator[str]:
     """``ray start --block`` head and two workers (our own process groups, killed at the end)."""
+    # Ray's socket paths must stay under 108 bytes: pytest's tmp_path is too deep.
+    ray_tmp = tempfile.mkdtemp(prefix="krl-ray-", dir="/tmp")
     gcs = _port()
     env = {**os.environ, **RAY_ENV}
     procs: list[subprocess.Popen] = []
@@ -62,7 +66,7 @@ def ray_cluster(tmp_path: Path) -> Iterator[str]:
 
     try:
         start("head", "--head", f"--port={gcs}", "--num-cpus=1", "--include-dashboard=false",
-              f"--temp-dir={tmp_path / 'ray'}")
+              f"--temp-dir={ray_tmp}")
         # Ray listens on the node's address (as in a pod), not on loopback.
         from ray.util import get_node_ip_address
 
@@ -94,6 +98,7 @@ def ray_cluster(tmp_path: Path) -> Iterator[str]:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGKILL)
             p.wait(60)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def cluster_manifest(build: Path, shared: Path, name: str, namespace: str) -> dict:
