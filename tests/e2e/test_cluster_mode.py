@@ -8,16 +8,11 @@ and weights synced every rollout over the distributed transport (gloo). The tiny
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,71 +29,25 @@ from tests.e2e.conftest import ROOT
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 NUM_ROLLOUT = 20
-RAY = str(Path(sys.executable).parent / "ray")
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0"}
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
-
-
-def _ray_python(code: str, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                          cwd="/tmp", timeout=timeout)
-
-
 @pytest.fixture
-def ray_cluster(tmp_path: Path) -> Iterator[str]:
-    """``ray start --block`` head and two workers (our own process groups, killed at the end)."""
-    # Ray's socket paths must stay under 108 bytes: pytest's tmp_path is too deep.
-    ray_tmp = tempfile.mkdtemp(prefix="krl-ray-", dir="/tmp")
-    gcs = _port()
-    env = {**os.environ, **RAY_ENV}
-    procs: list[subprocess.Popen] = []
+def ray_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A Ray head and two worker nodes (separate raylet processes, as on separate pods), started with
+    Ray's own multi-node helper, which keeps their ports apart on one machine."""
+    for key, value in RAY_ENV.items():
+        monkeypatch.setenv(key, value)
+    from ray.cluster_utils import Cluster
 
-    def start(name: str, *args: str) -> None:
-        log = (tmp_path / f"ray-{name}.log").open("w")
-        procs.append(subprocess.Popen([RAY, "start", "--block", "--disable-usage-stats", *args],
-                                      env=env, stdout=log, stderr=subprocess.STDOUT,
-                                      start_new_session=True, cwd="/tmp"))
-
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     try:
-        start("head", "--head", f"--port={gcs}", "--num-cpus=1", "--include-dashboard=false",
-              f"--temp-dir={ray_tmp}")
-        # Ray listens on the node's address (as in a pod), not on loopback.
-        from ray.util import get_node_ip_address
-
-        address = f"{get_node_ip_address()}:{gcs}"
-
-        def wait_nodes(count: int) -> None:
-            code = ("import ray, time\n"
-                    "for _ in range(90):\n"
-                    "    try:\n"
-                    f"        ray.init(address='{address}', logging_level='ERROR'); break\n"
-                    "    except ConnectionError: time.sleep(2)\n"
-                    "for _ in range(300):\n"
-                    f"    if len([n for n in ray.nodes() if n['Alive']]) == {count}: break\n"
-                    "    time.sleep(1)\n"
-                    "else: raise SystemExit('the Ray nodes did not join')\n")
-            done = _ray_python(code, env, 900)
-            assert done.returncode == 0, (done.stderr[-3000:],
-                                          (tmp_path / "ray-head.log").read_text()[-3000:])
-
-        wait_nodes(1)
-        start("trainer", f"--address={address}", "--num-cpus=2",
-              f"--resources={json.dumps({TRAINER_RESOURCE: 1})}")
-        start("rollout", f"--address={address}", "--num-cpus=2",
-              f"--resources={json.dumps({ROLLOUT_RESOURCE: 1})}")
-        wait_nodes(3)
-        yield address
+        cluster.add_node(num_cpus=2, resources={TRAINER_RESOURCE: 1})
+        cluster.add_node(num_cpus=2, resources={ROLLOUT_RESOURCE: 1})
+        cluster.wait_for_nodes(timeout=600)
+        yield cluster.address
     finally:
-        for p in procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGKILL)
-            p.wait(60)
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+        cluster.shutdown()
 
 
 def cluster_manifest(build: Path, shared: Path, name: str, namespace: str) -> dict:
