@@ -115,6 +115,8 @@ class WorkerConfig:
     trainer_backend: str
     rollout_engine: str
     device: str
+    # the pods' shared volume (spec.cluster.storage.mountPath); the disk weight sync writes under it
+    storage_path: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -271,6 +273,7 @@ def resolve(job: RLTrainingJob, *, in_cluster: bool = True) -> WorkerConfig:
             s.backends.rollout, RolloutEngine.SGLANG, RolloutEngine.EMBEDDED, in_cluster
         ),
         device=s.backends.device,
+        storage_path=s.cluster.storage.mount_path if s.cluster.storage is not None else None,
     )
 
 

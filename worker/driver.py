@@ -55,10 +55,20 @@ from kuberl.worker.rollout.engine_client import EngineClient
 from kuberl.worker.rollout.engine_host import EngineHost
 from kuberl.worker.rollout.launcher import seeded_sampling
 from kuberl.worker.rollout.partial_rollout_buffer import PartialRolloutBuffer
+from kuberl.worker.rollout.router import Router, RouterClient
 from kuberl.worker.rollout.sample import Sample
+from kuberl.worker.rollout.supervisor import EngineSupervisor
 from kuberl.worker.train.batch import TrainSample
 from kuberl.worker.train.trainer_actor import check_backend_available
 from kuberl.worker.train.trainer_group import TrainerGroup
+from kuberl.worker.weight_sync import (
+    SyncSettings,
+    check_versions,
+    choose_transport,
+    disk_sync_dir,
+    set_memory,
+    sync_settings,
+)
 
 log = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the driver's log
@@ -182,6 +192,17 @@ class Driver:
         self._engines: list[Any] = []
         self.engine_urls: list[str] = []
         self.trainer: Any = None
+        # Weight sync: the transport is a pure function of the config (KUBERL_WEIGHT_SYNC=disk asks for
+        # the shared-storage path instead); engines released for training when colocated.
+        self.transport = choose_transport(self.config, os.environ.get("KUBERL_WEIGHT_SYNC"))
+        self._disk_dir = (disk_sync_dir(self.config, in_cluster=options.in_cluster, run_dir=self.run_dir)
+                          if self.transport == "disk" else None)
+        self._use_gpus = options.in_cluster and self.config.device != "cpu"
+        self._released = False
+        self._engine_epoch = 0  # bumped when an engine is replaced: the weight group is formed anew
+        self._engine_strategies: list[Any] = []
+        self._router: Router | None = None
+        self._supervisor: EngineSupervisor | None = None
         self._log_file = (self.run_dir / "metrics.jsonl").open("a")
         # Which prompts (dataset rows) and samples each rollout trained on: audits resume invariants.
         self._samples_file = (self.run_dir / "samples.jsonl").open("a")
@@ -191,8 +212,7 @@ class Driver:
         import ray
 
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-        use_gpus = self.options.in_cluster and self.config.device != "cpu"
-        plan = plan_placement(self.config, use_gpus=use_gpus)
+        plan = plan_placement(self.config, use_gpus=self._use_gpus, in_cluster=self.options.in_cluster)
         # A local Ray gets at least the plan's CPU bundles (logical CPUs: several CPU trainer ranks and
         # the engines may share fewer cores).
         needed = sum(b.get("CPU", 0) for b in plan.trainer_bundles + plan.rollout_bundles)
@@ -220,8 +240,7 @@ class Driver:
         self.trainer = TrainerGroup.create(
             self.config.trainer_backend, self.config, groups["trainer"], plan.trainer_bundles
         )
-        host_cls = ray.remote(EngineHost)
-        spec = {
+        self._engine_spec = {
             "model_path": self.config.hf_checkpoint,
             "kind": self.config.rollout_engine,
             "tp_size": self.config.gpus_per_engine,
@@ -229,18 +248,17 @@ class Driver:
             "weight_version": str(self.weight_version),
             "random_seed": self.config.seed,
         }
-        self._engines = [
-            host_cls.options(
-                scheduling_strategy=on(groups["rollout"], i),
-                num_cpus=bundle.get("CPU", 1),
-                num_gpus=bundle.get("GPU", 0),
-            ).remote(spec, str(self.run_dir / f"engine-{i}.log"), self.options.in_cluster)
+        self._engine_strategies = [
+            dict(scheduling_strategy=on(groups["rollout"], i), num_cpus=bundle.get("CPU", 1),
+                 num_gpus=bundle.get("GPU", 0))
             for i, bundle in enumerate(plan.rollout_bundles)
         ]
+        self._engines = [self._engine_actor(i) for i in range(len(self._engine_strategies))]
         self.engine_urls = ray.get([e.start.remote() for e in self._engines])
         self.trainer.ping()
         log.info("%d trainer rank(s) ready", self.trainer.world_size)
         log.info("engines ready at %s", self.engine_urls)
+        asyncio.run(self._start_router())
         self._resume()
         if self.options.metrics_port is not None:
             port = self.metrics.serve(self.options.metrics_port)
@@ -267,9 +285,68 @@ class Driver:
         self._sync_weights()
         log.info("resumed from %s at rollout %d", found.path, self.start_rollout)
 
+    def _engine_actor(self, index: int) -> Any:
+        import ray
+
+        return ray.remote(EngineHost).options(**self._engine_strategies[index]).remote(
+            self._engine_spec, str(self.run_dir / f"engine-{index}.log"), self.options.in_cluster)
+
+    async def _start_router(self) -> None:
+        """In a cluster (or when spec.sglang.routerArgs is set) generation goes through smg."""
+        if self.options.in_cluster or self.config.router_args:
+            self._router = await Router.start(
+                self.config.router_args, self.engine_urls,
+                request_timeout_secs=self.config.router_request_timeout_secs,
+                log_path=str(self.run_dir / "router.log"))
+            log.info("router at %s", self._router.url)
+        self._supervisor = EngineSupervisor(self.engine_urls, self._restart_engine, self._router,
+                                            on_replaced=self._engine_replaced)
+
+    async def _restart_engine(self, index: int) -> str:
+        """A fresh engine process for slot ``index`` (a new host actor if the old one is gone)."""
+        import ray
+
+        try:
+            # Not the current version: the version check then proves the weights really arrived.
+            url = await self._engines[index].restart.remote(f"replaced-{self._engine_epoch}")
+        except ray.exceptions.RayActorError:
+            self._engines[index] = self._engine_actor(index)
+            url = await self._engines[index].start.remote()
+        self.engine_urls[index] = url
+        return url
+
+    async def _engine_replaced(self, index: int, url: str) -> None:
+        """A replacement engine serves the initial checkpoint: give it the current weights."""
+        self._engine_epoch += 1
+        version = str(self.weight_version)
+        await self.trainer.sync_weights.remote([url], version, self._sync_settings())
+        await check_versions([url], version)
+
     # ---- stages ------------------------------------------------------------------------------------
     def _endpoint(self) -> EngineBalancer:
+        if self._router is not None:
+            supervisor = self._supervisor
+            assert supervisor is not None
+            return RouterClient(self._router.url, [EngineClient(u) for u in self.engine_urls],
+                                on_engine_failure=supervisor.check)
         return EngineBalancer([EngineClient(u) for u in self.engine_urls])
+
+    async def _supervised(self, work: Any) -> Any:
+        """Run a rollout while the supervisor watches the engines; a failed watch ends the rollout."""
+        if self._supervisor is None:
+            return await work
+        task = asyncio.ensure_future(work)
+        watch = asyncio.ensure_future(self._supervisor.watch(interval_s=5.0))
+        try:
+            await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+            if watch.done():
+                task.cancel()
+                watch.result()  # raises the supervisor's error
+            return task.result()
+        finally:
+            watch.cancel()
+            if not task.done():
+                task.cancel()
 
     async def _collect(self, rollout_id: int) -> RolloutResult:
         c = self.config
@@ -288,10 +365,10 @@ class Driver:
         )
         endpoint = self._endpoint()
         try:
-            return await collect_rollout(
+            return await self._supervised(collect_rollout(
                 endpoint, rollout_id, settings, self.prompts.next_groups, self.grader.score,
                 self.buffer, self.group_filter, self.config, decode=self.prompts.decode,
-            )
+            ))
         finally:
             for engine in endpoint.engines:
                 await engine.aclose()
@@ -375,14 +452,36 @@ class Driver:
         out["time/train_s"] = time.perf_counter() - t1
         return out
 
+    def _sync_settings(self) -> SyncSettings:
+        return sync_settings(self.config, self.transport, use_gpus=self._use_gpus,
+                             disk_dir=self._disk_dir, epoch=self._engine_epoch)
+
+    def _release_engines(self) -> None:
+        """Colocated: engines free their GPU memory (weights, KV cache) while the trainer trains."""
+        if self.config.colocate and not self._released:
+            asyncio.run(set_memory(self.engine_urls, "release"))
+            self._released = True
+
     def _sync_weights(self) -> float:
+        """Push the trainer's weights to every engine and check each serves the new version.
+
+        Returns the seconds taken (``time/weight_sync_s``), version check included.
+        """
         import ray
 
-        transport = "tensor" if self.config.rollout_engine == "embedded" else "disk"
-        stats = ray.get(
-            self.trainer.sync_weights.remote(self.engine_urls, str(self.weight_version), transport)
-        )
-        return stats.seconds
+        t0 = time.perf_counter()
+        version = str(self.weight_version)
+        if self._supervisor is not None:
+            asyncio.run(self._supervisor.check())  # a dead engine is replaced before, not during
+        urls = list(self.engine_urls)
+        if self._released:  # colocated: weights back first, the KV cache after the update
+            asyncio.run(set_memory(urls, "resume", ["weights"]))
+        ray.get(self.trainer.sync_weights.remote(urls, version, self._sync_settings()))
+        if self._released:
+            asyncio.run(set_memory(urls, "resume", ["kv_cache", "cuda_graph"]))
+            self._released = False
+        asyncio.run(check_versions(urls, version))
+        return time.perf_counter() - t0
 
     def _checkpoint(self, rollout_id: int, end: int) -> str | None:
         import ray
@@ -432,6 +531,7 @@ class Driver:
                 break
             metrics.update(rollout_metrics(result, c.max_response_len, c.num_engines))
             self._log_samples(rollout_id, result.groups)
+            self._release_engines()
             metrics.update(self._train(result.groups))
             self.weight_version += 1
             metrics["time/weight_sync_s"] = self._sync_weights()
@@ -513,6 +613,8 @@ class Driver:
     def stop(self) -> None:
         import ray
 
+        if self._router is not None:
+            self._router.stop()
         for engine in self._engines:
             try:
                 ray.get(engine.stop.remote(), timeout=30)

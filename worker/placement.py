@@ -68,15 +68,18 @@ def plan_ranks(bundle_nodes: Sequence[str]) -> list[TrainerRank]:
     return [TrainerRank(rank, world, index, bundle_nodes[index]) for rank, index in enumerate(order)]
 
 
-def plan_placement(config: Any, *, use_gpus: bool) -> PlacementPlan:
+def plan_placement(config: Any, *, use_gpus: bool, in_cluster: bool = False) -> PlacementPlan:
     """Return the placement plan for a resolved worker config.
 
-    ``use_gpus`` is False for local CPU runs: one CPU bundle per trainer rank (``num_trainer_ranks``) and
-    one CPU per engine. With GPUs, ranks = actor GPUs; engines = rollout GPUs / gpusPerEngine.
+    ``use_gpus`` is False for CPU runs: one CPU bundle per trainer rank (``num_trainer_ranks``) and one
+    CPU per engine. With GPUs, ranks = actor GPUs; engines = rollout GPUs / gpusPerEngine. A CPU job in
+    a cluster still asks for the pods' custom resources, so each role lands on its own pods.
     """
     if not use_gpus:
-        trainer = [{"CPU": 1.0} for _ in range(num_trainer_ranks(config, use_gpus=False))]
-        rollout = [{"CPU": 1.0} for _ in range(max(1, config.num_engines))]
+        pod = ({TRAINER_RESOURCE: 0.01}, {TRAINER_RESOURCE: 0.01} if config.colocate
+               else {ROLLOUT_RESOURCE: 0.01}) if in_cluster else ({}, {})
+        trainer = [{"CPU": 1.0, **pod[0]} for _ in range(num_trainer_ranks(config, use_gpus=False))]
+        rollout = [{"CPU": 1.0, **pod[1]} for _ in range(max(1, config.num_engines))]
         return PlacementPlan(trainer, rollout, config.colocate, "PACK")
     trainer = [{"GPU": 1.0, "CPU": 1.0, TRAINER_RESOURCE: 1.0} for _ in range(config.actor_num_gpus)]
     if config.colocate:

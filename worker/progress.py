@@ -78,18 +78,20 @@ def in_cluster_target(name: str | None, namespace: str | None) -> ApiTarget | No
     """Return the in-cluster target from the pod's environment, or None when not in a cluster."""
     host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT")
     name = name or os.environ.get("KUBERL_JOB_NAME")
-    token_file = SERVICE_ACCOUNT_DIR / "token"
+    # Tests of the in-cluster path run outside a pod: they point this at a folder holding a real token.
+    account = Path(os.environ.get("KUBERL_SERVICE_ACCOUNT_DIR") or SERVICE_ACCOUNT_DIR)
+    token_file = account / "token"
     if not (host and port and name and token_file.exists()):
         return None
     namespace = (
         namespace
         or os.environ.get("KUBERL_JOB_NAMESPACE")
-        or (SERVICE_ACCOUNT_DIR / "namespace").read_text().strip()
+        or (account / "namespace").read_text().strip()
     )
     return ApiTarget(
         server=f"https://{host}:{port}",
         token=token_file.read_text().strip(),
-        ca_file=str(SERVICE_ACCOUNT_DIR / "ca.crt"),
+        ca_file=str(account / "ca.crt"),
         namespace=namespace,
         name=name,
     )

@@ -80,6 +80,7 @@ class EmbeddedEngine(WeightRoutes):
         self._registered: Counter[str] = Counter()
         self.started = time.time()
         self.groups: dict[str, Any] = {}  # weight-update process groups by name
+        self.released: dict[str, Any] = {}  # memory released for colocation (engine_weights.py)
 
     def _decode(self, ids: list[int], skip_special: bool) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=skip_special) if self.tokenizer else ""
@@ -102,8 +103,8 @@ class EmbeddedEngine(WeightRoutes):
         for path, handler in (
             ("/get_weights_by_name", self.get_weights_by_name),
             ("/flush_cache", self.flush_cache),
-            ("/release_memory_occupation", self.memory_occupation),
-            ("/resume_memory_occupation", self.memory_occupation),
+            ("/release_memory_occupation", self.release_memory_occupation),
+            ("/resume_memory_occupation", self.resume_memory_occupation),
         ):
             r.add_get(path, handler)
             r.add_post(path, handler)
@@ -135,6 +136,9 @@ class EmbeddedEngine(WeightRoutes):
     # ---- generation ------------------------------------------------------------------------
     async def generate(self, request: web.Request) -> web.StreamResponse:
         body = await json_body(request, required=True)
+        if "weights" in self.released:
+            return error_response("the weights are released (/release_memory_occupation); call "
+                                  "/resume_memory_occupation and update the weights first")
         try:
             items, single = self._parse_generate(body)
         except SamplingParamsError as e:
@@ -306,12 +310,6 @@ class EmbeddedEngine(WeightRoutes):
             return web.Response(status=400, text="Cache not flushed because there are pending requests.")
         return web.Response(status=200, text="Cache flushed.\n")
 
-    async def memory_occupation(self, request: web.Request) -> web.Response:
-        """Accepted for protocol parity (there is no GPU memory to release); idle check enforced."""
-        if await asyncio.wrap_future(self.scheduler.is_busy()):
-            return error_response("the engine must be idle (pause first) to release or resume memory")
-        return web.json_response(None)
-
     # ---- health and info -------------------------------------------------------------------
     async def health(self, request: web.Request) -> web.Response:
         return web.Response(status=200 if self.scheduler.alive else 503)
@@ -320,7 +318,7 @@ class EmbeddedEngine(WeightRoutes):
         s = self.scheduler
         if not s.alive:
             return web.Response(status=503)
-        if time.monotonic() - s.last_output_time < 1.0 or s.stats()["paused"]:
+        if time.monotonic() - s.last_output_time < 1.0 or s.stats()["paused"] or self.released:
             return web.Response(status=200)
         req = GenerationRequest(rid=f"HEALTH_CHECK_{uuid.uuid4().hex}", input_ids=[0],
                                 params=SamplingParams(max_new_tokens=1, temperature=0.0))

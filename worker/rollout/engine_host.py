@@ -58,6 +58,17 @@ class EngineHost:
         asyncio.run(self.process.wait_ready(timeout_s))
         return f"http://{ip}:{spec.port}"
 
+    def restart(self, weight_version: str | None = None, timeout_s: float = 900.0) -> str:
+        """Stop whatever is left of the engine and start a fresh one (new port); returns its URL."""
+        self.stop()
+        if weight_version is not None:
+            self.spec_args = {**self.spec_args, "weight_version": weight_version}
+        return self.start(timeout_s)
+
+    def pid(self) -> int | None:
+        """The engine process's pid (tests kill it to exercise the restart path)."""
+        return None if self.process is None else self.process.proc.pid
+
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop()

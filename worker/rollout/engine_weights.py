@@ -16,15 +16,18 @@ from aiohttp import web
 from kuberl.worker.rollout.http_shapes import error_response, json_body
 from kuberl.worker.rollout.scheduler import Scheduler
 from kuberl.worker.rollout.tensor_payload import decode_named_tensors
-from kuberl.worker.rollout.weight_group import join_group, receive_bucket
+from kuberl.worker.rollout.weight_group import destroy_group, join_group, receive_bucket
+
+MEMORY_TAGS = ("weights", "kv_cache", "cuda_graph")
 
 
 class WeightRoutes:
-    """Mixed into EmbeddedEngine; uses its ``model``, ``scheduler`` and ``groups``."""
+    """Mixed into EmbeddedEngine; uses its ``model``, ``scheduler``, ``groups`` and ``released``."""
 
     model: torch.nn.Module
     scheduler: Scheduler
     groups: dict[str, Any]
+    released: dict[str, Any]  # memory tag -> what resume needs (parameter shapes for "weights")
 
     async def _update(self, named: list[tuple[str, torch.Tensor]], body: dict[str, Any]):
         version = body.get("weight_version")
@@ -68,10 +71,13 @@ class WeightRoutes:
         """Join the trainer's group (gloo here, whatever ``backend`` says); blocks until all join."""
         body = await json_body(request, required=True)
         name = body.get("group_name") or "weight_update_group"
+        if name in self.groups:
+            return web.json_response({"success": False, "message": (
+                f"group {name!r} exists; destroy it first")}, status=400)
         try:
             group = await asyncio.to_thread(
                 join_group, str(body["master_address"]), int(body["master_port"]),
-                int(body.get("rank_offset", 1)), int(body["world_size"]), name)
+                int(body.get("rank_offset", 1)), int(body["world_size"]), name, "gloo")
         except (KeyError, ValueError, RuntimeError) as e:
             return web.json_response({"success": False, "message": f"{type(e).__name__}: {e}"},
                                      status=400)
@@ -101,9 +107,11 @@ class WeightRoutes:
     async def destroy_weights_update_group(self, request: web.Request) -> web.Response:
         body = await json_body(request, required=True)
         name = body.get("group_name") or "weight_update_group"
-        if self.groups.pop(name, None) is None:
+        group = self.groups.pop(name, None)
+        if group is None:
             return web.json_response({"success": False, "message": f"no group {name!r}"},
                                      status=400)
+        await asyncio.to_thread(destroy_group, group)
         return web.json_response({"success": True, "message": "Succeeded to destroy the group."})
 
     async def update_weight_version(self, request: web.Request) -> web.Response:
@@ -112,6 +120,46 @@ class WeightRoutes:
         await asyncio.wrap_future(self.scheduler.update_weights(
             lambda: None, version, bool(body.get("abort_all_requests", True))))
         return web.json_response({"success": True, "message": "ok", "new_version": version})
+
+    async def release_memory_occupation(self, request: web.Request) -> web.Response:
+        """Free the tagged memory (``weights``: every parameter's storage); the engine must be idle."""
+        tags, problem = await self._memory_tags(request)
+        if problem is not None:
+            return problem
+
+        def release() -> None:
+            if "weights" in tags and "weights" not in self.released:
+                self.released["weights"] = free_parameters(self.model)
+            self.released.update({t: True for t in tags if t != "weights"})
+
+        await asyncio.wrap_future(self.scheduler.call(release))
+        return web.json_response(None)
+
+    async def resume_memory_occupation(self, request: web.Request) -> web.Response:
+        """Allocate released memory again; resumed weights are zeros until the next update fills them."""
+        tags, problem = await self._memory_tags(request)
+        if problem is not None:
+            return problem
+
+        def resume() -> None:
+            if "weights" in tags and "weights" in self.released:
+                restore_parameters(self.model, self.released.pop("weights"))
+            for t in tags:
+                self.released.pop(t, None)
+
+        await asyncio.wrap_future(self.scheduler.call(resume))
+        return web.json_response(None)
+
+    async def _memory_tags(self, request: web.Request) -> tuple[list[str], web.Response | None]:
+        body = await json_body(request, required=False) if request.can_read_body else {}
+        tags = list((body or {}).get("tags") or MEMORY_TAGS)
+        unknown = [t for t in tags if t not in MEMORY_TAGS]
+        if unknown:
+            return tags, error_response(f"unknown memory tags {unknown}; use {list(MEMORY_TAGS)}")
+        if await asyncio.wrap_future(self.scheduler.is_busy()):
+            return tags, error_response(
+                "the engine must be idle (pause first) to release or resume memory")
+        return tags, None
 
     async def get_weights_by_name(self, request: web.Request) -> web.Response:
         body = await json_body(request, required=True) if request.method == "POST" and request.can_read_body else {}
@@ -135,6 +183,22 @@ def load_checkpoint_tensors(model_path: str) -> list[tuple[str, torch.Tensor]]:
     for f in files:
         named += list(load_file(str(f)).items())
     return named
+
+
+def free_parameters(model: torch.nn.Module) -> dict[str, tuple[torch.Size, torch.dtype]]:
+    """Drop every parameter's storage (tied ones once); return the shapes and dtypes to restore."""
+    kept = {}
+    for name, p in model.named_parameters():
+        kept[name] = (p.shape, p.dtype)
+        p.data = torch.empty(0, dtype=p.dtype, device=p.device)
+    return kept
+
+
+def restore_parameters(model: torch.nn.Module, kept: dict[str, tuple[torch.Size, torch.dtype]]) -> None:
+    """Give released parameters zero-filled storage of their old shapes again."""
+    for name, p in model.named_parameters():
+        shape, dtype = kept[name]
+        p.data = torch.zeros(shape, dtype=dtype, device=p.device)
 
 
 def assign_weights(model: torch.nn.Module, named: list[tuple[str, torch.Tensor]]) -> None:

@@ -1,9 +1,11 @@
-"""The engine side of the distributed weight-update path, over gloo on CPU (sglang-api.md §4).
+"""The process group of the distributed weight-update path (sglang-api.md §4), on either side.
 
-The trainer is rank 0 of a process group it forms with every engine (engine ranks start at
-``rank_offset``); for each bucket it POSTs names, dtypes and shapes and broadcasts the tensors from
-rank 0 in the same order. Like SGLang's custom group helper, the rendezvous store is prefixed with
-the group name, so a trainer must build its group the same way (see ``join_group``).
+The trainer is rank 0 of a group it forms with every engine (engine ranks start at ``rank_offset``);
+for each bucket it POSTs names, dtypes and shapes and broadcasts the tensors from rank 0 in the same
+order. The group is built the way SGLang builds its side (a TCP rendezvous, the store prefixed with the
+group name, then torch's own group constructor), so the trainer's rank 0, real SGLang and the embedded
+engine (gloo on CPU) all meet on the same store keys. The group is registered under its name in the
+process, so one process holds one side of a given group name.
 """
 
 from __future__ import annotations
@@ -12,35 +14,63 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from torch.distributed import distributed_c10d as c10d
 
 
 def join_group(master_address: str, master_port: int, rank: int, world_size: int,
-               group_name: str, timeout_s: float = 300.0) -> dist.ProcessGroup:
-    """Join (rank 0: host) a gloo group without touching torch.distributed's global default group."""
-    store = dist.TCPStore(master_address, int(master_port), world_size, is_master=(rank == 0),
-                          timeout=timedelta(seconds=timeout_s))
-    return dist.ProcessGroupGloo(dist.PrefixStore(group_name, store), rank, world_size,
-                                 timedelta(seconds=timeout_s))
+               group_name: str, backend: str = "gloo", timeout_s: float = 300.0) -> dist.ProcessGroup:
+    """Join (rank 0: host the store) a group without touching torch.distributed's default group.
+
+    Blocks until all ``world_size`` ranks have joined.
+    """
+    timeout = timedelta(seconds=timeout_s)
+    url = f"tcp://{master_address}:{int(master_port)}"
+    store, rank, world_size = next(c10d.rendezvous(url, rank, world_size, timeout=timeout))
+    store.set_timeout(timeout)
+    made = c10d._new_process_group_helper(
+        world_size, rank, [], backend, c10d.PrefixStore(group_name, store),
+        group_name=group_name, timeout=timeout,
+    )
+    group = made[0] if isinstance(made, tuple) else made
+    # Group ranks are global ranks here, so dist.broadcast(src=0, group=...) works on the engine side.
+    c10d._world.pg_group_ranks[group] = {i: i for i in range(world_size)}
+    return group
+
+
+def destroy_group(group: dist.ProcessGroup) -> None:
+    """Tear one group down (frees its communicators and its name)."""
+    dist.destroy_process_group(group)
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """``"bfloat16"`` (SGLang's wire form) or ``"torch.bfloat16"`` -> ``torch.bfloat16``."""
+    dtype = getattr(torch, str(name).removeprefix("torch."), None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"unknown dtype {name!r}")
+    return dtype
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"``, the form ``/update_weights_from_distributed`` takes."""
+    return str(dtype).removeprefix("torch.")
 
 
 def receive_bucket(group: dist.ProcessGroup, names: list[str], dtypes: list[str],
-                   shapes: list[list[int]]) -> list[tuple[str, torch.Tensor]]:
+                   shapes: list[list[int]], device: str = "cpu") -> list[tuple[str, torch.Tensor]]:
     """Receive one bucket broadcast from rank 0, tensor by tensor in the announced order."""
     if not len(names) == len(dtypes) == len(shapes):
         raise ValueError(f"names, dtypes and shapes differ in length: "
                          f"{len(names)}, {len(dtypes)}, {len(shapes)}")
     out = []
     for name, dtype, shape in zip(names, dtypes, shapes, strict=True):
-        torch_dtype = getattr(torch, str(dtype).removeprefix("torch."), None)
-        if not isinstance(torch_dtype, torch.dtype):
-            raise ValueError(f"unknown dtype {dtype!r} for {name}")
-        t = torch.empty(shape, dtype=torch_dtype)
+        t = torch.empty(shape, dtype=torch_dtype(dtype), device=device)
         group.broadcast(t, 0).wait()
         out.append((name, t))
     return out
 
 
-def send_bucket(group: dist.ProcessGroup, named: list[tuple[str, torch.Tensor]]) -> None:
-    """Trainer side (rank 0): broadcast each tensor in order."""
+def send_bucket(group: dist.ProcessGroup, named: list[tuple[str, torch.Tensor]],
+                device: str = "cpu") -> None:
+    """Trainer side (rank 0): broadcast each tensor in order, from ``device`` (cuda for NCCL)."""
     for _, t in named:
-        group.broadcast(t.detach().cpu().contiguous(), 0).wait()
+        group.broadcast(t.detach().to(device).contiguous(), 0).wait()

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import hashlib
 import importlib.util
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +15,7 @@ import torch
 
 from kuberl.worker.train.backend import TrainerBackend
 from kuberl.worker.train.batch import TrainSample
-from kuberl.worker.weight_sync import SyncStats, push_disk, push_tensors
+from kuberl.worker.weight_sync import SyncSettings, SyncStats, WeightSender
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +119,6 @@ class TrainerActor:
             init_process_group(rank, world_size, master_addr, master_port, cuda=uses_cuda(config))
             log.info("trainer rank %d/%d joined %s:%d", rank, world_size, master_addr, master_port)
         self.backend = build_backend(kind, config)
-        self._scratch = Path(tempfile.mkdtemp(prefix="kuberl-weights-"))
 
     def compute_logprobs(
         self, samples: Sequence[TrainSample], reference: bool = False
@@ -133,27 +130,20 @@ class TrainerActor:
     def train_step(self, samples: Sequence[TrainSample]) -> dict[str, float]:
         return self.backend.train_step(samples)
 
-    def sync_weights(
-        self, urls: list[str], version: str, transport: str = "tensor"
-    ) -> SyncStats | None:
-        """Push the current policy weights to every engine and set their weight version.
+    def sync_weights(self, urls: list[str], version: str, settings: SyncSettings) -> SyncStats:
+        """Push the current policy weights to every engine as ``version`` (weight_sync.py's transports).
 
-        Every rank is called; ranks other than 0 take part in the same collectives (gathering the
-        weights, or the export that rank 0 writes) and send nothing.
+        ``named_weights()`` is collective, so every rank iterates it; only rank 0 sends.
         """
-        path = self._scratch / version
+        named = self.backend.named_weights()
         if self.rank != 0:
-            if transport == "disk":
-                self.backend.export_hf_checkpoint(path)  # collective; the backend's rank 0 writes
-            else:
-                for _ in self.backend.named_weights():
-                    pass
-            return None
-        if transport == "disk":
-            self.backend.export_hf_checkpoint(path)
-            return asyncio.run(push_disk(urls, path, version))
-        named = list(self.backend.named_weights())
-        return asyncio.run(push_tensors(urls, named, version))
+            for _ in named:
+                pass
+            return SyncStats(version, 0.0, 0, 0, settings.transport)
+        sender = getattr(self, "_weight_sender", None)
+        if sender is None:
+            sender = self._weight_sender = WeightSender()
+        return sender.sync(named, urls, version, settings)
 
     def save(self, directory: str) -> None:
         self.backend.save(Path(directory))

@@ -22,7 +22,7 @@ from typing import Any, Generic, ParamSpec, TypeVar
 from kuberl.worker.placement import TrainerRank, plan_ranks
 from kuberl.worker.train.batch import TrainSample
 from kuberl.worker.train.trainer_actor import TrainerActor, check_backend_available
-from kuberl.worker.weight_sync import SyncStats
+from kuberl.worker.weight_sync import SyncSettings, SyncStats
 
 log = logging.getLogger(__name__)
 
@@ -169,8 +169,9 @@ class TrainerGroup:
         return self._all("train_step", shared)[0]
 
     @group_method
-    def sync_weights(self, urls: list[str], version: str, transport: str = "tensor") -> SyncStats:
-        return self._all("sync_weights", urls, version, transport)[0]
+    def sync_weights(self, urls: list[str], version: str, settings: SyncSettings) -> SyncStats:
+        """Every rank walks the (collective) weights; rank 0 sends them and answers."""
+        return self._all("sync_weights", urls, version, settings)[0]
 
     @group_method
     def save(self, directory: str) -> None:

@@ -185,36 +185,6 @@ def test_cli_accepts_and_ignores_sglang_only_flags():
     assert (args.model_path, args.port, args.host) == ("m", 1234, "127.0.0.1")
 
 
-async def test_distributed_update_over_gloo_from_a_trainer_rank(thread_engine):
-    """The NCCL path's protocol with gloo: this test is rank 0 (the trainer), the engine rank 1."""
-    from kuberl.worker.rollout.weight_group import join_group, send_bucket
-    from tests.worker.conftest import free_port
-
-    port = free_port()
-    named = [("model.norm.weight", torch.full((64,), 3.0)),
-             ("lm_head.weight", torch.zeros(thread_engine.engine.model.lm_head.weight.shape))]
-    async with EngineClient(thread_engine.url) as c:
-        joined = asyncio.create_task(c.init_weights_update_group("127.0.0.1", port, 1, 2,
-                                                                  group_name="g1", backend="gloo"))
-        group = await asyncio.to_thread(join_group, "127.0.0.1", port, 0, 2, "g1")
-        await joined
-        await asyncio.gather(
-            c.update_weights_from_distributed(
-                [n for n, _ in named], ["float32"] * 2, [list(t.shape) for _, t in named],
-                weight_version="d1", group_name="g1"),
-            asyncio.to_thread(send_bucket, group, named),
-        )
-        assert await c.get_weights_by_name("model.norm.weight", 2) == [3.0, 3.0]
-        out = await c.generate(PROMPTS[0], {**GREEDY, "max_new_tokens": 2})
-        await c.destroy_weights_update_group("g1")
-        with pytest.raises(EngineHTTPError, match="init_weights_update_group first"):
-            await c.update_weights_from_distributed(["x"], ["float32"], [[1]], group_name="g1")
-    # a zero lm_head makes every logit equal: the logprob is -log(vocab)
-    vocab = thread_engine.engine.model.config.vocab_size
-    assert out.weight_version == "d1"
-    assert abs(out.logprobs[0] + torch.log(torch.tensor(float(vocab)))) < 1e-4
-
-
 async def test_glm4_model_is_served_with_forward_pass_logprobs(tmp_path):
     """The reference workload's family (GLM4) through the same engine."""
     from transformers import AutoModelForCausalLM

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from pathlib import Path
 
@@ -96,7 +97,7 @@ async def test_tied_embeddings_sync_to_an_engine(tmp_path: Path) -> None:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from kuberl.worker.rollout.embedded_engine import EngineArgs, serve_in_thread
-    from kuberl.worker.weight_sync import push_tensors
+    from kuberl.worker.weight_sync import SyncSettings, WeightSender
 
     config = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                          num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True,
@@ -107,7 +108,8 @@ async def test_tied_embeddings_sync_to_an_engine(tmp_path: Path) -> None:
     assert "lm_head.weight" not in names and "model.embed_tokens.weight" in names
     handle = serve_in_thread(EngineArgs(model_path=str(tmp_path), port=0))
     try:
-        stats = await push_tensors([handle.url], list(trainer.named_weights()), "1")
+        stats = await asyncio.to_thread(WeightSender().sync, trainer.named_weights(), [handle.url],
+                                        "1", SyncSettings("ipc"))
         assert stats.version == "1"
     finally:
         handle.stop()
