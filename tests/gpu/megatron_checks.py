@@ -8,9 +8,11 @@ Checks (tolerances fixed here, before any run):
    bf16: max |Δ(Megatron-bf16, HF-fp32)| <= 2 x max |Δ(HF-bf16, HF-fp32)| + 0.02 — Megatron in bf16 may be
    at most twice as far from the exact logits as HF itself is in bf16 (0.02 floor for bf16 rounding of
    logits of magnitude ~1).
-2. one SGD step, fp32, same weights and samples: Megatron backend vs torch backend.
-   |loss_M - loss_T| <= 1e-5 (+1e-4 relative); every updated weight max |Δ| <= 1e-5 (lr 1.0, so the
-   weight difference IS the gradient difference). On DP=1 the gradients are compared directly too.
+2. one SGD step, fp32, same weights and samples: Megatron backend vs torch backend (the torch reference
+   loaded in fp32, checked against the checkpoint). |loss_M - loss_T| <= 1e-5 (+1e-4 relative); every
+   updated weight max |Δ| <= 1e-5 (lr 1.0, so the weight difference IS the gradient difference). On DP=1
+   the gradients are compared directly too. Then full train_steps with weight decay (SGD, AdamW with
+   clipping): see optimizer_step_parity. Failures print the worst parameters by name.
 3. save -> 2 more steps vs load -> the same 2 steps: bit-identical weights and metrics (bf16).
 4. a 40-step GRPO run on a toy copy task (see grpo_tiny): the reward rises by more than 0.3.
 Dynamic batching is on with a budget that splits the step into several micro-batches per rank, and the
@@ -50,6 +52,26 @@ def check(ok: bool, what: str) -> None:
     say(("PASS " if ok else "FAIL ") + what)
     if not ok:
         FAILURES.append(what)
+
+
+def worst(diffs: dict[str, float], k: int = 3) -> str:
+    """The k parameters with the largest max |Δ|, for the log (which weights disagree, not just how much)."""
+    top = sorted(diffs.items(), key=lambda kv: -kv[1])[:k]
+    return ", ".join(f"{n}={v:.2e}" for n, v in top)
+
+
+def by_decay_group(diffs: dict[str, float]) -> str:
+    """Max |Δ| over decayed weights vs biases/1-D (Megatron's no-decay group), by HF name."""
+    from kuberl.worker.train.torch_backend import skips_weight_decay
+
+    groups: dict[str, float] = {"decayed": 0.0, "no-decay (bias/1-D)": 0.0}
+    for n, v in diffs.items():
+        key = "no-decay (bias/1-D)" if skips_weight_decay(n, torch.empty(DIMS[n])) else "decayed"
+        groups[key] = max(groups[key], v)
+    return ", ".join(f"{k} {v:.2e}" for k, v in groups.items())
+
+
+DIMS: dict[str, tuple[int, ...]] = {}
 
 
 def tiny_hf(family: str, out: Path, vocab: int = 300):
@@ -141,19 +163,34 @@ def backend(hf_dir: Path, tp: int, *, dtype: str, optimizer: dict, budget: int, 
     return MegatronBackend(cfg)
 
 
-def loss_and_grad_parity(tp: int, root: Path) -> None:
+def torch_reference(d: Path, optimizer: dict):
+    """The torch backend in fp32 on the same checkpoint. Round 2 built it with the CUDA default (bf16)
+    and called ``.float()`` afterwards: weights rounded to bf16 made every parity check fail (logprobs
+    3.05e-3, grads 1.01e-4, weights 3.90e-3 = half a bf16 ulp of the norm weights; reproduced on CPU).
+    The first check below proves the reference holds the checkpoint's exact weights."""
+    from safetensors.torch import load_file
+
     from kuberl.worker.train.torch_backend import TorchBackend, TorchBackendConfig
 
+    tb = TorchBackend(TorchBackendConfig(hf_checkpoint=str(d), algorithm=ALGO, optimizer=optimizer,
+                                         use_dynamic_batch_size=True, max_tokens_per_gpu=700,
+                                         device="cuda", temperature=0.8, dtype="float32"))
+    ckpt = load_file(str(d / "model.safetensors"))
+    params = dict(tb.model.named_parameters())
+    DIMS.update({n: tuple(p.shape) for n, p in params.items()})
+    err = max((params[n].detach().cpu() - t).abs().max().item() for n, t in ckpt.items() if n in params)
+    return tb, err
+
+
+def loss_and_grad_parity(tp: int, root: Path) -> None:
     d = root / "hf_qwen2"
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     data = samples(24, 300, seed=3)
     for s in data:  # a second step's worth of old logprobs makes the ratio != 1
         s.old_logprobs = None
-    tb = TorchBackend(TorchBackendConfig(hf_checkpoint=str(d), algorithm=ALGO, optimizer=SGD,
-                                         use_dynamic_batch_size=True, max_tokens_per_gpu=700,
-                                         device="cuda", temperature=0.8))
-    tb.model.float()
+    tb, load_err = torch_reference(d, SGD)
+    check(load_err == 0.0, f"torch reference holds the fp32 checkpoint exactly: max|Δ|={load_err:.2e}")
     lp_t = tb.compute_logprobs(data)
     mt = tb.train_step(data)
     grads_t = {n: p.grad.detach().clone() for n, p in tb.model.named_parameters() if p.grad is not None}
@@ -169,16 +206,47 @@ def loss_and_grad_parity(tp: int, root: Path) -> None:
           f"loss TP{tp} DP{mb.dp_size}: megatron {lm:.7f} vs torch {lt:.7f}")
     if mb.dp_size == 1:
         grads_m = dict(mb.named_grads())
-        gerr = max((grads_m[n].float() - g).abs().max().item() for n, g in grads_t.items())
+        gd = {n: (grads_m[n].float() - g).abs().max().item() for n, g in grads_t.items()}
+        gerr = max(gd.values())
         check(gerr <= 1e-5, f"gradients TP{tp}: max|Δ| over all params = {gerr:.2e} <= 1e-5")
+        say(f"  worst gradients: {worst(gd)}")
     for group in mb.optimizer.param_groups:
         group["lr"] = 1.0
     mb.optimizer.step()
     weights_m = dict(mb.named_weights())
-    werr = max((weights_m[n].float() - w).abs().max().item() for n, w in weights_t.items())
+    wd = {n: (weights_m[n].float() - w).abs().max().item() for n, w in weights_t.items()}
+    werr = max(wd.values())
     check(werr <= 1e-5, f"weights after one SGD step (lr 1) TP{tp} DP{mb.dp_size}: max|Δ|={werr:.2e} <= 1e-5")
+    say(f"  worst weights: {worst(wd)}; by group: {by_decay_group(wd)}")
     del mb
     torch.cuda.empty_cache()
+    optimizer_step_parity(tp, root, data)
+
+
+def optimizer_step_parity(tp: int, root: Path, data: list) -> None:
+    """One full ``train_step`` on both backends, fp32: SGD with weight decay 0.1 (lr 1), then AdamW with
+    weight decay 0.1 and clipping at 0.01 (lr 1e-4). Both backends follow Megatron's rule (no decay on
+    biases and 1-D parameters); clipping and the optimizer's fp32 main params are megatron's own code.
+    Tolerances, fixed before the run: SGD 1e-5 (as the gradient check); AdamW 5e-6 = 5% of lr (Adam's
+    first step is ~lr*sign(g), so a gradient within summation noise of 0 may move up to lr).
+    """
+    cases = (("SGD wd 0.1 lr 1", {**SGD, "weight_decay": 0.1}, 1e-5),
+             ("AdamW wd 0.1 clip 0.01 lr 1e-4", {**ADAM, "lr": 1e-4, "weight_decay": 0.1, "clip_grad": 0.01},
+              5e-6))
+    for label, opt, tol in cases:
+        tb, _ = torch_reference(root / "hf_qwen2", opt)
+        mt = tb.train_step(data)
+        weights_t = {n: p.detach().clone() for n, p in tb.model.named_parameters()}
+        del tb
+        mb = backend(root / "hf_qwen2", tp, dtype="float32", optimizer=opt, budget=300)
+        mm_ = mb.train_step(data)
+        wd = {n: (w.float() - weights_t[n]).abs().max().item() for n, w in mb.named_weights()}
+        werr = max(wd.values())
+        check(werr <= tol, f"train_step {label} TP{tp} DP{mb.dp_size}: weights max|Δ|={werr:.2e} <= {tol:.0e}")
+        say(f"  grad_norm megatron {mm_['train/grad_norm']:.6g} vs torch {mt['train/grad_norm']:.6g}; "
+            f"by group: {by_decay_group(wd)}; worst: {worst(wd)}")
+        del mb
+        torch.cuda.empty_cache()
 
 
 def resume_bit_identical(tp: int, root: Path) -> None:
@@ -187,16 +255,34 @@ def resume_bit_identical(tp: int, root: Path) -> None:
     mb = backend(d, tp, dtype="bfloat16", optimizer=ADAM, budget=400)
     mb.train_step(data[0])
     ckpt = root / "ckpt"
+    w_saved = {n: t.clone() for n, t in mb.named_weights()}
     mb.save(ckpt)
     after = [mb.train_step(x) for x in data[1:]]
     w_after = {n: t.clone() for n, t in mb.named_weights()}
     mb.load(ckpt)
+    w_loaded = dict(mb.named_weights())
+    check(all(torch.equal(w_saved[n], w_loaded[n]) for n in w_saved),
+          f"load restores the saved weights exactly TP{tp}")
+    # Round 2: megatron's loader (no TE/apex) gave every parameter ONE shared Adam step tensor, so the
+    # next step advanced it once per parameter (see megatron_backend.untie_step_counters).
+    torch_states = [o.optimizer.state for o in getattr(mb.optimizer, "chained_optimizers", [mb.optimizer])]
+    steps = [st["step"] for states in torch_states for st in states.values() if "step" in st]
+    distinct = len({id(t) for t in steps}) == len(steps)
+    values = sorted({float(t) for t in steps})
+    check(distinct and values == [1.0], f"Adam step counters after load: distinct {distinct}, values "
+                                        f"{values} (saved after 1 step)")
     again = [mb.train_step(x) for x in data[1:]]
     w_again = dict(mb.named_weights())
     same_w = all(torch.equal(w_after[n], w_again[n]) for n in w_after)
     same_m = after == again
     check(same_w and same_m, f"save -> load -> 2 steps bit-identical TP{tp} (weights {same_w}, "
                              f"metrics {same_m})")
+    if not same_m:
+        for i, (a, b) in enumerate(zip(after, again, strict=True)):
+            say(f"  step {i + 1} after load: " + ", ".join(
+                f"{k} {a[k]:.6g}/{b.get(k, float('nan')):.6g}" for k in sorted(a) if a[k] != b.get(k)))
+    if not same_w:
+        say(f"  worst weights: {worst({n: (w_after[n].float() - w_again[n].float()).abs().max().item() for n in w_after})}")
     export = root / "export"
     mb.export_hf_checkpoint(export)
     if dist.get_rank() == 0:
@@ -238,7 +324,10 @@ def grpo_tiny(tp: int, root: Path) -> None:
                 mb.model(input_ids=ids, position_ids=torch.arange(5, device="cuda")[None].expand(len(ids), -1),
                          attention_mask=None))[:, -1, :vocab].float()
         mb.model.train()
-        answer = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)[:, 0].tolist()
+        # Sample at the temperature the backend trains at (as the engines do): round 2 sampled at T=1
+        # while the loss used T=0.8.
+        probs = torch.softmax(logits / mb.config.temperature, -1)
+        answer = torch.multinomial(probs, 1, generator=gen)[:, 0].tolist()
         obj = [answer]
         dist.broadcast_object_list(obj)  # rank 0's sample is the step's sample on every rank
         answer = obj[0]

@@ -138,6 +138,38 @@ def uses_distributed_optimizer(optimizer: dict[str, Any]) -> bool:
     return optimizer["type"] != "sgd"
 
 
+def untie_step_counters(optimizer: torch.optim.Optimizer) -> int:
+    """Give every parameter's ``step`` its own tensor; return how many entries were re-allocated.
+
+    Without Transformer Engine/apex, megatron-core 0.19.2's ``DistributedOptimizer.load_state_dict``
+    stores ONE step tensor in the state of every parameter, and torch's Adam(W) increments each
+    parameter's ``step`` in place, so after a load one optimizer step advances the shared counter once
+    per parameter and Adam's bias correction no longer matches an uninterrupted run. Runs after every
+    load; a no-op when the counters are already distinct.
+    """
+    seen: set[int] = set()
+    untied = 0
+    for state in optimizer.state.values():
+        step = state.get("step")
+        if not isinstance(step, torch.Tensor):
+            continue
+        if id(step) in seen:
+            state["step"] = step.clone()
+            untied += 1
+        seen.add(id(state["step"]))
+    return untied
+
+
+def weight_decay_for(group: dict[str, Any], weight_decay: float) -> float:
+    """The decay of one megatron parameter group: ``weight_decay x wd_mult``.
+
+    megatron puts biases and 1-D parameters (norms) in groups with ``wd_mult`` 0 (slime and Megatron-LM
+    train that way), but only its ``OptimizerParamScheduler`` multiplies it in; we set LR and decay
+    ourselves, so without this every group would decay with the full ``weight_decay``.
+    """
+    return weight_decay * float(group.get("wd_mult", 1.0))
+
+
 def is_dist_checkpoint(path: str | Path | None) -> bool:
     """True for a directory written by megatron's ``dist_checkpointing`` (ours or ``kuberl convert``)."""
     return path is not None and (Path(path) / DIST_CKPT_MARKER).is_file()
@@ -377,8 +409,10 @@ class MegatronBackend:
     def train_step(self, samples: Sequence[TrainSample]) -> dict[str, float]:
         totals = self.accumulate_grads(samples)
         lr = self.config.optimizer["lr"] * self.schedule(self.steps)
+        wd = float(self.config.optimizer["weight_decay"])
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+            group["weight_decay"] = weight_decay_for(group, wd)
         ok, grad_norm, _ = self.optimizer.step()
         if not ok:
             log.warning("megatron optimizer skipped the step (non-finite gradients)")
@@ -454,7 +488,25 @@ class MegatronBackend:
         self.steps = int(state["steps"])
 
     def _load_optimizer_state(self, state: dict[str, Any]) -> None:
-        """Restore the optimizer; works around megatron-core 0.19.2 with torch's AdamW (no TE/apex).
+        """Restore the optimizer, then untie the Adam step counters megatron's loader shares
+        (``untie_step_counters``; without it a resumed run's Adam bias correction is wrong)."""
+        from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+        inner = getattr(self.optimizer, "chained_optimizers", [self.optimizer])
+        try:
+            if len(inner) != 1 or not isinstance(inner[0], DistributedOptimizer) or "param_state" not in state:
+                self.optimizer.load_state_dict(state)
+            else:
+                self._load_distributed_optimizer_state(inner[0], state)
+        finally:
+            for opt in inner:
+                torch_opt = getattr(opt, "optimizer", None)
+                if isinstance(torch_opt, torch.optim.Optimizer):
+                    untie_step_counters(torch_opt)
+
+    @staticmethod
+    def _load_distributed_optimizer_state(dist_opt: Any, state: dict[str, Any]) -> None:
+        """Works around megatron-core 0.19.2 with torch's AdamW (no TE/apex).
 
         Megatron's DistributedOptimizer first loads torch's per-parameter state (each entry gets
         torch's ``step`` tensor), then copies the checkpointed parameter state into every TENSOR state
@@ -462,13 +514,6 @@ class MegatronBackend:
         ``KeyError: 'step'``. We run the same two public stages ourselves and hold torch's ``step``
         aside during the second one (it was already restored by the first).
         """
-        from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
-
-        inner = getattr(self.optimizer, "chained_optimizers", [self.optimizer])
-        if len(inner) != 1 or not isinstance(inner[0], DistributedOptimizer) or "param_state" not in state:
-            self.optimizer.load_state_dict(state)
-            return
-        dist_opt = inner[0]
         param_state = state.pop("param_state")
         kind = state.pop("param_state_sharding_type")
         dist_opt.load_state_dict(state)  # param groups, torch state incl. step, grad scaler

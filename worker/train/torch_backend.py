@@ -147,6 +147,39 @@ def _all_reduce_flat(tensors: list[torch.Tensor]) -> None:
         offset += t.numel()
 
 
+def skips_weight_decay(name: str, param: torch.nn.Parameter) -> bool:
+    """Megatron's rule (slime and Megatron-LM train this way): biases and 1-D parameters (norm scales)
+    are not decayed. The Megatron backend applies the same rule (``megatron_backend.weight_decay_for``)."""
+    return name.endswith(".bias") or param.ndim == 1
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Trainable parameters as [decayed, not decayed] optimizer groups (empty groups left out)."""
+    decay: list[torch.nn.Parameter] = []
+    plain: list[torch.nn.Parameter] = []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (plain if skips_weight_decay(name, p) else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def split_legacy_optimizer_state(
+    saved: dict[str, Any], model: torch.nn.Module, groups: Sequence[dict[str, Any]]
+) -> dict[str, Any]:
+    """Turn a one-group optimizer state (written before decay groups existed; its parameter ids are the
+    positions in ``model.parameters()``) into one whose groups match ``groups``. Other states pass."""
+    if len(saved["param_groups"]) != 1 or len(groups) == 1:
+        return saved
+    position = {id(p): i for i, p in enumerate(p for p in model.parameters() if p.requires_grad)}
+    hyper = {k: v for k, v in saved["param_groups"][0].items() if k != "params"}
+    return {
+        "state": saved["state"],
+        "param_groups": [{**hyper, "weight_decay": g["weight_decay"],
+                          "params": [position[id(p)] for p in g["params"]]} for g in groups],
+    }
+
+
 def pick_device(choice: str) -> torch.device:
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -198,15 +231,12 @@ class TorchBackend:
             ).to(self.device).eval()
             self.ref_model.requires_grad_(False)
         opt = config.optimizer
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        groups = param_groups(self.model, opt["weight_decay"])
         if opt["type"] == "sgd":
-            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
-                params, lr=opt["lr"], weight_decay=opt["weight_decay"]
-            )
+            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(groups, lr=opt["lr"])
         else:
             self.optimizer = torch.optim.AdamW(
-                params, lr=opt["lr"], betas=(opt["adam_beta1"], opt["adam_beta2"]),
-                eps=opt["adam_eps"], weight_decay=opt["weight_decay"],
+                groups, lr=opt["lr"], betas=(opt["adam_beta1"], opt["adam_beta2"]), eps=opt["adam_eps"],
             )
         total = (config.num_rollout or 0) * config.num_steps_per_rollout or None
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(opt, total))
@@ -382,9 +412,14 @@ class TorchBackend:
         state = torch.load(state_file, weights_only=False) if state_file.exists() else optim
         if state is not None:
             self.scheduler.load_state_dict(state["scheduler"])
+            groups = len(self.optimizer.param_groups)
+            if len(self.scheduler.base_lrs) != groups:  # a one-group checkpoint (before decay groups)
+                self.scheduler.base_lrs = self.scheduler.base_lrs[:1] * groups
+                self.scheduler._last_lr = self.scheduler._last_lr[:1] * groups  # type: ignore[attr-defined]
             self.steps = state["steps"]
         if optim is not None:
-            self.optimizer.load_state_dict(optim["optimizer"])
+            self.optimizer.load_state_dict(split_legacy_optimizer_state(
+                optim["optimizer"], self.model, self.optimizer.param_groups))
         else:
             # A fresh optimizer at the restored point of the LR schedule.
             for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr(), strict=True):

@@ -180,3 +180,47 @@ def test_model_parallel_sizes_are_refused_by_the_torch_backend() -> None:
     TorchBackendConfig.from_worker_config(config)  # data-parallel only: fine
     with pytest.raises(SpecError, match=r"spec\.perf\.tensorModelParallelSize=2.*megatron"):
         TorchBackendConfig.from_worker_config(dataclasses.replace(config, tensor_model_parallel_size=2))
+
+
+def test_weight_decay_skips_biases_and_norms_as_megatron_does(tiny_model_dir: Path) -> None:
+    """Zero advantages give zero gradients, so an SGD step with decay only shrinks decayed weights."""
+    opt = {**OPT, "type": "sgd", "lr": 0.5, "weight_decay": 0.1, "clip_grad": 0.0}
+    trainer = TorchBackend(TorchBackendConfig(hf_checkpoint=str(tiny_model_dir), algorithm=ALGO, optimizer=opt,
+                                              device="cpu"))
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train_step(samples_for([[5, 6, 7, 8, 9], [5, 6, 7, 10]], [0.0, 0.0]))
+    after = dict(trainer.model.named_parameters())
+    skipped = [n for n in before if n.endswith(".bias") or before[n].ndim == 1]
+    assert any(n.endswith(".bias") for n in skipped) and any("norm" in n for n in skipped)
+    for name, w in before.items():
+        expected = w if name in skipped else w * (1 - 0.5 * 0.1)
+        assert torch.allclose(after[name].detach(), expected, atol=1e-7), name
+
+
+def test_one_group_optimizer_checkpoint_from_before_decay_groups_still_loads(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    trainer = backend(tiny_model_dir, dtype="float32")
+    samples = samples_for([[5, 6, 7, 8, 9], [5, 6, 7, 10]], [1.0, -1.0])
+    # A checkpoint as written before the decay groups: AdamW over model.parameters() as ONE group.
+    legacy = torch.optim.AdamW([p for p in trainer.model.parameters() if p.requires_grad], lr=1e-3,
+                               weight_decay=0.01)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(legacy, lambda step: 1.0)
+    for p in trainer.model.parameters():
+        p.grad = torch.randn_like(p)
+    legacy.step()
+    scheduler.step()
+    trainer.save(tmp_path / "ckpt")
+    torch.save({"optimizer": legacy.state_dict()}, tmp_path / "ckpt" / "optimizer.pt")
+    torch.save({"scheduler": scheduler.state_dict(), "steps": 1, "dp_size": 1},
+               tmp_path / "ckpt" / "trainer_state.pt")
+
+    resumed = backend(tiny_model_dir, dtype="float32")
+    resumed.load(tmp_path / "ckpt")
+    assert len(resumed.optimizer.param_groups) == 2
+    legacy_state = dict(zip((n for n, p in trainer.model.named_parameters() if p.requires_grad),
+                            (legacy.state[p] for p in legacy.param_groups[0]["params"]), strict=True))
+    for name, p in resumed.model.named_parameters():
+        assert torch.equal(resumed.optimizer.state[p]["exp_avg"], legacy_state[name]["exp_avg"]), name
+    assert resumed.scheduler.get_last_lr() == [1e-3, 1e-3]
+    resumed.train_step(samples)  # the restored state steps without error

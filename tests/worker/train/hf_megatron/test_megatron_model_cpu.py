@@ -88,3 +88,31 @@ def test_megatron_model_matches_hf_logits_and_exports_hf_tensors(cpu_megatron, f
     assert sorted(exported) == sorted(state)
     for name, tensor in exported.items():
         assert torch.equal(tensor, state[name]), name
+
+
+@pytest.mark.parametrize("family", ["glm4", "qwen2"])
+def test_torch_and_megatron_backends_skip_weight_decay_on_the_same_parameters(
+    cpu_megatron, family: str, tmp_path: Path
+) -> None:
+    """megatron's own rule (its standard optimizer overrides: wd_mult 0) and the torch backend's
+    ``skips_weight_decay`` pick the same parameters, matched through the HF <-> Megatron maps."""
+    from megatron.core.optimizer import OptimizerConfig, get_standard_config_overrides
+
+    from kuberl.worker.train.hf_megatron import ModelShape
+    from kuberl.worker.train.hf_megatron.maps import param_maps
+    from kuberl.worker.train.torch_backend import skips_weight_decay
+
+    mm = cpu_megatron
+    hf = tiny_hf(family, tmp_path)
+    shape = ModelShape.from_hf_dir(tmp_path)
+    model = mm.build_gpt_model(shape, mm.Parallelism(), dtype=torch.float32, use_te=False,
+                               device=torch.device("cpu"))
+    overrides = get_standard_config_overrides(OptimizerConfig(lr=1e-3, weight_decay=0.1))
+    megatron_params = dict(model.named_parameters())
+    hf_params = dict(hf.named_parameters())
+    no_decay = {name: any(key.matches(p, name) and o.get("wd_mult") == 0.0 for key, o in overrides.items())
+                for name, p in megatron_params.items()}
+    assert any(no_decay.values()) and not all(no_decay.values())
+    for m in param_maps(shape):
+        torch_rule = {skips_weight_decay(n, hf_params[n]) for n in m.hf}
+        assert torch_rule == {no_decay[m.megatron]}, (m.megatron, m.hf)
