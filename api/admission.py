@@ -104,6 +104,14 @@ def _engine_built(c: Context) -> str | None:
             f"{', '.join(built_rollout_engines())}")
 
 
+def _trainer_offload_not_implemented(c: Context) -> str | None:
+    if not c.job.spec.placement.offload_train:  # only when the user asks for it (the default follows colocate)
+        return None
+    return ("offloading the trainer's memory while engines generate is not implemented yet: "
+            "the trainer keeps its GPU memory during rollout, so leave the engines room with "
+            "spec.sglang.serverArgs.memFractionStatic, or set offloadTrain: false to silence this")
+
+
 def _torch_data_parallel_only(c: Context) -> str | None:
     if c.config.trainer_backend != "torch":
         return None
@@ -218,6 +226,9 @@ ADMISSION_RULES: tuple[AdmissionRule, ...] = (
     AdmissionRule("checkpoints-on-shared-storage", Severity.WARNING, "spec.checkpoint.save",
                   "checkpoints are written under the shared storage mount",
                   _checkpoints_on_shared_storage),
+    AdmissionRule("trainer-offload-not-implemented", Severity.WARNING, "spec.placement.offloadTrain",
+                  "trainer memory offload during rollout is not implemented yet",
+                  _trainer_offload_not_implemented),
     AdmissionRule("deprecated-passthrough-args", Severity.WARNING, "spec.sglang",
                   "no deprecated SGLang/smg argument names", _deprecated_passthrough),
 )

@@ -458,7 +458,7 @@ class Driver:
 
     def _release_engines(self) -> None:
         """Colocated: engines free their GPU memory (weights, KV cache) while the trainer trains."""
-        if self.config.colocate and not self._released:
+        if self.config.offload_rollout and not self._released:  # defaults to placement.colocate
             asyncio.run(set_memory(self.engine_urls, "release"))
             self._released = True
 

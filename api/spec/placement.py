@@ -17,7 +17,7 @@ class PlacementSpec(SpecModel):
         None, ge=0, description="GPUs for rollout engines when not colocated."
     )
     colocate: bool = Field(False, description="Train and generate on the same GPUs, taking turns.")
-    offload_train: bool | None = Field(None, description="Offload trainer memory while generating.")
+    offload_train: bool | None = Field(None, description="Offload trainer memory while generating (not implemented yet: admission warns when set).")
     offload_rollout: bool | None = Field(None, description="Release engine memory while training.")
 
     RULES = (

@@ -122,6 +122,8 @@ def test_both_trainer_backends_are_built_this_release() -> None:
      "not under spec.cluster.storage.mountPath (/data)"),
     ((("spec.sglang.serverArgs", {"cudaGraphMaxBs": 64}),), "deprecated-passthrough-args",
      "serverArgs.cudaGraphMaxBs"),
+    ((("spec.placement.offloadTrain", True),), "trainer-offload-not-implemented",
+     "not implemented yet"),
 ])
 def test_warnings_name_what_goes_wrong_later(edits: tuple, rule: str, text: str) -> None:
     severity, _field, message = _problems(_chain(*edits))[rule]

@@ -80,6 +80,14 @@ class MegatronBackendConfig:
 
     @classmethod
     def from_worker_config(cls, config: Any) -> MegatronBackendConfig:
+        experts = {"expertModelParallelSize": config.expert_model_parallel_size,
+                   "expertTensorParallelSize": config.expert_tensor_parallel_size}
+        wrong = [f"spec.perf.{k}={v}" for k, v in experts.items() if v != 1]
+        if wrong:  # the presets are dense models: expert parallelism has nothing to split
+            from kuberl.errors import SpecError
+
+            raise SpecError([f"{', '.join(wrong)}: the Megatron backend's model presets (glm4, qwen2, "
+                             "qwen3, llama) have no experts; set them to 1"])
         return cls(
             hf_checkpoint=config.hf_checkpoint,
             algorithm=dict(config.algorithm),

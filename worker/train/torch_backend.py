@@ -84,6 +84,7 @@ def check_data_parallel_only(config: Any) -> None:
         "pipelineModelParallelSize": config.pipeline_model_parallel_size,
         "contextParallelSize": config.context_parallel_size,
         "expertModelParallelSize": config.expert_model_parallel_size,
+        "expertTensorParallelSize": config.expert_tensor_parallel_size,
     }
     wrong = [f"spec.perf.{k}={v}" for k, v in sizes.items() if v != 1]
     if wrong:
