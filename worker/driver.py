@@ -728,6 +728,8 @@ def run_job(job: RLTrainingJob, options: DriverOptions) -> list[dict[str, float]
     try:
         driver = Driver(job, options)
         driver.start()
+        if local:  # ray.init put its C++ failure handler on SIGTERM (it aborts): take the signal back
+            signal.signal(signal.SIGTERM, _raise_interrupt)
         history = driver.run()
     except (KeyboardInterrupt, SystemExit) as exc:
         how = _stopped_by(exc)
