@@ -722,14 +722,18 @@ def run_job(job: RLTrainingJob, options: DriverOptions) -> list[dict[str, float]
           f"{startup_header(job, config, options.run_dir, point, end)}", file=sys.stderr, flush=True)
     local = options.ray_address is None
     previous_term = signal.signal(signal.SIGTERM, _raise_interrupt) if local else None
+    # Our own SIGINT handler too: asyncio.run otherwise turns Ctrl-C into a task cancellation, which a
+    # collector busy aborting requests could absorb (seen as a flaky interrupt test).
+    previous_int = signal.signal(signal.SIGINT, _raise_interrupt) if local else None
     started = time.monotonic()
     driver: Driver | None = None
     history: list[dict[str, float]] = []
     try:
         driver = Driver(job, options)
         driver.start()
-        if local:  # ray.init put its C++ failure handler on SIGTERM (it aborts): take the signal back
+        if local:  # ray.init put its C++ failure handler on SIGTERM (it aborts): take the signals back
             signal.signal(signal.SIGTERM, _raise_interrupt)
+            signal.signal(signal.SIGINT, _raise_interrupt)
         history = driver.run()
     except (KeyboardInterrupt, SystemExit) as exc:
         how = _stopped_by(exc)
@@ -750,6 +754,7 @@ def run_job(job: RLTrainingJob, options: DriverOptions) -> list[dict[str, float]
             if local:
                 _stop_local_ray(children)
                 signal.signal(signal.SIGTERM, previous_term or signal.SIG_DFL)
+                signal.signal(signal.SIGINT, previous_int or signal.default_int_handler)
     saved = driver.last_saved[1] if driver and driver.last_saved else None
     (options.run_dir / "summary.json").write_text(json.dumps(summary_record(history, options.run_dir)))
     print(f"kuberl: {job.metadata.name} done\n"
