@@ -54,6 +54,8 @@ def test_the_walkthrough_reaches_running(tmp_path: Path) -> None:
     assert proc.returncode == 0, out[-5000:] + "\n--- operator.log\n" + log
     assert re.search(r"glm4-9b-dapo-math\s+Running", out), out[-3000:]
     events = out[out.index("Events:"):]
-    order = [m.group(1) for m in re.finditer(r"phase (\w+ -> \w+)", events)]
-    assert order[:3] == ["none -> Pending", "Pending -> Starting", "Starting -> Running"], events
+    # kubectl's Events table order depends on its version (1.36 lists newest first) and on
+    # timestamps of one-second resolution, so the test asks that every transition was announced.
+    transitions = {m.group(1) for m in re.finditer(r"phase (\w+ -> \w+)", events)}
+    assert {"none -> Pending", "Pending -> Starting", "Starting -> Running"} <= transitions, events
     assert "h100-" in out  # pods scheduled on the fake H100 nodes
