@@ -71,7 +71,7 @@ async def _engine_run(url: str, prompts: list[list[int]], new_tokens: int) -> tu
 def bench_engine(model_path: str, prompts: list[list[int]], new_tokens: int,
                  device: str = "cpu", dtype: str = "float32") -> float:
     """Generated tokens/s of the embedded engine with all requests concurrent."""
-    from kuberl.worker.rollout.embedded_engine import EngineArgs, serve_in_thread
+    from kuberl.worker.engine.server import EngineArgs, serve_in_thread
 
     handle = serve_in_thread(EngineArgs(model_path=model_path, port=0, device=device, dtype=dtype))
     try:
@@ -89,8 +89,8 @@ def bench_step_loop(model_path: str, prompts: list[list[int]], new_tokens: int,
     """Generated tokens/s of the engine's step loop alone (no HTTP, every request admitted at once)."""
     from transformers import AutoModelForCausalLM
 
-    from kuberl.worker.rollout.sampling import SamplingParams
-    from kuberl.worker.rollout.scheduler import GenerationRequest, Scheduler
+    from kuberl.worker.engine.sampling import SamplingParams
+    from kuberl.worker.engine.scheduler import GenerationRequest, Scheduler
 
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
     sched = Scheduler(model.to(device).eval(), eos_token_ids=set(), decode_text=None)

@@ -224,7 +224,7 @@ def main() -> None:
     parser.add_argument("--model-path", type=Path, default=None, help="default: built here")
     args = parser.parse_args()
 
-    from kuberl.worker.rollout.launcher import EngineSpec, ManagedProcess, engine_command
+    from kuberl.worker.engine.launcher import EngineSpec, ManagedProcess, engine_command
     from kuberl.worker.tiny_model import build_tiny_model
 
     model_dir = args.model_path or build_tiny_model(

@@ -225,7 +225,7 @@ def start_embedded(args: argparse.Namespace) -> tuple[Any, str]:
     """A tiny model and the embedded engine as a process (the launcher's command), for CPU runs."""
     import socket
 
-    from kuberl.worker.rollout.launcher import EngineSpec, launch_engine
+    from kuberl.worker.engine.launcher import EngineSpec, launch_engine
     from kuberl.worker.tiny_model import build_tiny_model
 
     model = build_tiny_model(Path(args.workdir) / "tiny-qwen2", "qwen2", seed=0,

@@ -151,9 +151,10 @@ def main() -> None:
             print("BENCH " + json.dumps(row), flush=True)
 
     if "torch" in wanted and world == 1:
+        from kuberl.worker.algo.losses import LossConfig
         from kuberl.worker.train.torch_backend import TorchBackend, TorchBackendConfig
 
-        tb = TorchBackend(TorchBackendConfig(hf_checkpoint=str(root), algorithm=ALGO, optimizer=ADAM,
+        tb = TorchBackend(TorchBackendConfig(hf_checkpoint=str(root), loss=LossConfig.from_algorithm(ALGO), optimizer=ADAM,
                                              use_dynamic_batch_size=True, max_tokens_per_gpu=budget,
                                              device=device.type))
         report("torch", timed(lambda: tb.train_step(data), args.steps, device))
@@ -168,10 +169,11 @@ def main() -> None:
             continue
         from megatron.core import parallel_state
 
+        from kuberl.worker.algo.losses import LossConfig
         from kuberl.worker.train.megatron_backend import MegatronBackend, MegatronBackendConfig
 
         mb = MegatronBackend(MegatronBackendConfig(
-            hf_checkpoint=str(root), algorithm=ALGO, optimizer=ADAM, use_dynamic_batch_size=True,
+            hf_checkpoint=str(root), loss=LossConfig.from_algorithm(ALGO), optimizer=ADAM, use_dynamic_batch_size=True,
             max_tokens_per_gpu=budget, tensor_model_parallel_size=tp, dtype="bfloat16"))
         label = f"megatron_{'TE' if mb.use_te else 'local'}_tp{tp}_dp{world // tp}"
         report(label, timed(lambda mb=mb: mb.train_step(data), args.steps, device))

@@ -91,7 +91,7 @@ async def _first_values(url: str, name: str) -> list[float]:
 def cpu(args: argparse.Namespace) -> list[dict]:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from kuberl.worker.rollout.launcher import EngineSpec, launch_engine
+    from kuberl.worker.engine.launcher import EngineSpec, launch_engine
 
     work = Path(tempfile.mkdtemp(prefix="kuberl-wsbench-"))
     Qwen2ForCausalLM(Qwen2Config(**qwen2_for_size(args.size_mb))).save_pretrained(work / "model")

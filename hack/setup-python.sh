@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Create (or reuse) .venv with kuberl and its extras installed. Prefers Python 3.12 (megatron-core needs it).
-# Usage: hack/setup-python.sh [extras]   (default extras: operator,worker,dev)
+# Usage: hack/setup-python.sh [extras]   (default extras: operator,worker,megatron,dev — the Megatron
+# backend's CPU tests run in CI on gloo, so megatron-core is part of the development install)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="${1:-operator,worker,dev}"
+extras="${1:-operator,worker,megatron,dev}"
 
 pick_python() {
   for candidate in python3.12 "$HOME/.pyenv/versions/3.12"*/bin/python3.12 python3.11 python3; do

@@ -42,6 +42,8 @@ from kuberl.worker.console import (
     summary_record,
     summary_table,
 )
+from kuberl.worker.engine.host import EngineHost
+from kuberl.worker.engine.launcher import seeded_sampling
 from kuberl.worker.import_path import load_callable
 from kuberl.worker.metrics import MetricsExporter
 from kuberl.worker.placement import create_placement_groups, plan_placement
@@ -52,8 +54,6 @@ from kuberl.worker.rewards.scorer import RewardConfig, Scorer
 from kuberl.worker.rollout.balancer import EngineBalancer
 from kuberl.worker.rollout.dynamic_sampling import CollectorSettings, RolloutResult, collect_rollout
 from kuberl.worker.rollout.engine_client import EngineClient
-from kuberl.worker.rollout.engine_host import EngineHost
-from kuberl.worker.rollout.launcher import seeded_sampling
 from kuberl.worker.rollout.partial_rollout_buffer import PartialRolloutBuffer
 from kuberl.worker.rollout.router import Router, RouterClient
 from kuberl.worker.rollout.sample import Sample

@@ -30,7 +30,7 @@ import torch
 
 from kuberl.errors import EngineError, SpecError
 from kuberl.worker.rollout.engine_client import EngineClient, EngineHTTPError
-from kuberl.worker.rollout.tensor_payload import encode_named_tensors
+from kuberl.worker.tensor_payload import encode_named_tensors
 
 DEFAULT_BUCKET_BYTES = 512 * 1024 * 1024  # slime's --update-weight-buffer-size
 GROUP_JOIN_TIMEOUT_S = 300.0
@@ -281,7 +281,7 @@ class WeightSender:
 
     async def _distributed(self, named: Iterable[tuple[str, torch.Tensor]], urls: list[str],
                            version: str, settings: SyncSettings) -> tuple[int, int]:
-        from kuberl.worker.rollout.weight_group import dtype_name, send_bucket
+        from kuberl.worker.weight_group import dtype_name, send_bucket
 
         clients = [WeightClient(u, retries=0) for u in urls]
         try:
@@ -304,8 +304,8 @@ class WeightSender:
 
     async def _ensure_group(self, clients: list[WeightClient], settings: SyncSettings) -> None:
         """Form the group with these engines unless it already exists (same URLs, same epoch)."""
-        from kuberl.worker.rollout.engine_host import node_ip
-        from kuberl.worker.rollout.weight_group import join_group
+        from kuberl.worker.engine.host import node_ip
+        from kuberl.worker.weight_group import join_group
 
         urls = [c.url for c in clients]
         key = (tuple(urls), settings.epoch, settings.backend, settings.gpus_per_engine)
@@ -328,7 +328,7 @@ class WeightSender:
         """Destroy the current group on the engines still reachable and here (best effort)."""
         if self._group is None:
             return
-        from kuberl.worker.rollout.weight_group import destroy_group
+        from kuberl.worker.weight_group import destroy_group
 
         async def one(url: str) -> None:
             try:

@@ -65,7 +65,7 @@ def test_a_signal_stops_the_run_with_one_line_and_no_orphans(
         # gRPC servers (GCS, raylet, object manager, dashboard agent) still bind 0.0.0.0 or the host's
         # address even with _node_ip_address=127.0.0.1: not checked here, an open item of issue 14.
         engines = [p for p in psutil.Process(proc.pid).children(recursive=True)
-                   if "embedded_engine" in " ".join(_cmdline(p))]
+                   if "kuberl.worker.engine.server" in " ".join(_cmdline(p))]
         listening = {(c.laddr.ip, c.laddr.port) for p in engines
                      for c in _connections(p) if c.status == psutil.CONN_LISTEN}
         assert listening and all(ip in ("127.0.0.1", "::1") for ip, _ in listening), listening

@@ -34,6 +34,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from kuberl.worker.algo.losses import LossConfig
+
 warnings.filterwarnings("ignore")
 ALGO = {"advantage_estimator": "grpo", "eps_clip": 0.2, "eps_clip_high": 0.28, "use_kl_loss": False,
         "kl_loss_coef": 0.0, "entropy_coef": 0.0, "calculate_per_token_loss": False}
@@ -156,7 +158,7 @@ def backend(hf_dir: Path, tp: int, *, dtype: str, optimizer: dict, budget: int, 
     from kuberl.worker.train.megatron_backend import MegatronBackend, MegatronBackendConfig
 
     cfg = MegatronBackendConfig(
-        hf_checkpoint=str(hf_dir), algorithm=ALGO, optimizer=optimizer, use_dynamic_batch_size=True,
+        hf_checkpoint=str(hf_dir), loss=LossConfig.from_algorithm(ALGO), optimizer=optimizer, use_dynamic_batch_size=True,
         max_tokens_per_gpu=budget, tensor_model_parallel_size=tp, temperature=0.8, dtype=dtype,
         use_transformer_engine=False, **kw,
     )
@@ -172,7 +174,7 @@ def torch_reference(d: Path, optimizer: dict):
 
     from kuberl.worker.train.torch_backend import TorchBackend, TorchBackendConfig
 
-    tb = TorchBackend(TorchBackendConfig(hf_checkpoint=str(d), algorithm=ALGO, optimizer=optimizer,
+    tb = TorchBackend(TorchBackendConfig(hf_checkpoint=str(d), loss=LossConfig.from_algorithm(ALGO), optimizer=optimizer,
                                          use_dynamic_batch_size=True, max_tokens_per_gpu=700,
                                          device="cuda", temperature=0.8, dtype="float32"))
     ckpt = load_file(str(d / "model.safetensors"))

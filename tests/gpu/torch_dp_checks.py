@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from kuberl.worker.algo.losses import LossConfig
+
 # The CPU test's samples and settings, loaded by path: the repository root must not go on sys.path (its
 # operator/ folder would shadow the standard library).
 _spec = importlib.util.spec_from_file_location(
@@ -42,7 +44,7 @@ def main() -> None:
     from kuberl.worker.train.trainer_actor import TrainerActor
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    config = TorchBackendConfig(hf_checkpoint=str(args.model), algorithm=cases.ALGO, optimizer=cases.SGD, device=args.device,
+    config = TorchBackendConfig(hf_checkpoint=str(args.model), loss=LossConfig.from_algorithm(cases.ALGO), optimizer=cases.SGD, device=args.device,
                                 dtype=args.dtype, use_dynamic_batch_size=True, max_tokens_per_gpu=16)
     actor = TrainerActor("torch", config, rank, world, os.environ["MASTER_ADDR"],
                          int(os.environ["MASTER_PORT"]) + 1)  # torchrun's own store holds MASTER_PORT

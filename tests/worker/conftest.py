@@ -41,11 +41,11 @@ def tiny_tokenizer(tiny_model_dir: Path):
 @pytest.fixture(scope="session")
 def engine_url(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """An engine URL: real SGLang when KUBERL_SGLANG_URL is set, else the embedded engine started
-    as a subprocess through the launcher (``python -m kuberl.worker.rollout.embedded_engine``)."""
+    as a subprocess through the launcher (``python -m kuberl.worker.engine.server``)."""
     if SGLANG_URL:
         yield SGLANG_URL
         return
-    from kuberl.worker.rollout.launcher import EngineSpec, launch_engine
+    from kuberl.worker.engine.launcher import EngineSpec, launch_engine
 
     spec = EngineSpec(model_path=str(tiny_model_dir), port=free_port(), kind="embedded")
     log = tmp_path_factory.mktemp("engine-log") / "engine.log"
@@ -68,7 +68,7 @@ def second_engine_url(tiny_model_dir: Path) -> Iterator[str]:
             pytest.skip("set KUBERL_SGLANG_URL_2 to run two-engine tests against real SGLang")
         yield url
         return
-    from kuberl.worker.rollout.embedded_engine import EngineArgs, serve_in_thread
+    from kuberl.worker.engine.server import EngineArgs, serve_in_thread
 
     handle = serve_in_thread(EngineArgs(model_path=str(tiny_model_dir), port=0))
     yield handle.url
@@ -78,7 +78,7 @@ def second_engine_url(tiny_model_dir: Path) -> Iterator[str]:
 @pytest.fixture
 def thread_engine(tiny_model_dir: Path):
     """A fresh embedded engine in this process, for tests that change its weights or state."""
-    from kuberl.worker.rollout.embedded_engine import EngineArgs, serve_in_thread
+    from kuberl.worker.engine.server import EngineArgs, serve_in_thread
 
     handle = serve_in_thread(EngineArgs(model_path=str(tiny_model_dir), port=0))
     yield handle

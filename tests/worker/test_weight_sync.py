@@ -42,7 +42,7 @@ def engine(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """An embedded engine in its own process (a process group needs one side per process). Shared by
     this module's tests (starting one takes a while on a busy machine): each test pushes its own
     weights and version."""
-    from kuberl.worker.rollout.launcher import EngineSpec, launch_engine
+    from kuberl.worker.engine.launcher import EngineSpec, launch_engine
 
     spec = EngineSpec(model_path=str(tiny_model_dir), port=free_port(), kind="embedded",
                       weight_version="0")

@@ -311,17 +311,16 @@ def grpo_loss_sum(
     advantages: Sequence[Tensor],
     loss_masks: Sequence[Tensor],
     normalizer: LossNormalizer,
-    algorithm: Mapping[str, Any],
+    config: LossConfig,
     rollout_logprobs: Sequence[Tensor] | None = None,
     ref_logprobs: Sequence[Tensor] | None = None,
     entropies: Sequence[Tensor] | None = None,
     device: torch.device | str | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Return (partial loss, additive metric sums) for one micro-batch, config read from ``algorithm``.
+    """Return (partial loss, additive metric sums) for one micro-batch.
 
-    A thin adapter over ``policy_loss_sum`` for backends that keep the algorithm as a dict and add
-    metrics up with ``+`` (values are detached 0-dim tensors); ratio max/min need ``policy_loss_sum``
-    and ``merge_metrics``.
+    A thin adapter over ``policy_loss_sum`` for backends that add metrics up with ``+`` (values are
+    detached 0-dim tensors); ratio max/min need ``policy_loss_sum`` and ``merge_metrics``.
     """
     if device is not None:
         logprobs = [x.to(device) for x in logprobs]
@@ -331,7 +330,7 @@ def grpo_loss_sum(
         advantages=advantages,
         loss_masks=loss_masks,
         normalizer=normalizer,
-        config=LossConfig.from_algorithm(algorithm),
+        config=config,
         rollout_logprobs=rollout_logprobs,
         ref_logprobs=ref_logprobs,
         entropies=entropies,

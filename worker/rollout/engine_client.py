@@ -17,7 +17,7 @@ import httpx
 import torch
 
 from kuberl.errors import EngineError
-from kuberl.worker.rollout.tensor_payload import encode_named_tensors
+from kuberl.worker.tensor_payload import encode_named_tensors
 
 FINISH_TYPES = ("stop", "length", "abort")
 

@@ -20,9 +20,9 @@ from typing import Any
 import httpx
 
 from kuberl.errors import EngineError
+from kuberl.worker.engine.launcher import ManagedProcess, router_command
 from kuberl.worker.rollout.balancer import EngineBalancer
 from kuberl.worker.rollout.engine_client import EngineClient, EngineHTTPError, GenerateOutput
-from kuberl.worker.rollout.launcher import ManagedProcess, router_command
 
 DEFAULT_POLICY = "cache_aware"
 # The router's own health checks only take a failed engine out of rotation; the driver's supervisor

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from kuberl.worker.algo.losses import LossConfig
 from kuberl.worker.train.batch import TrainSample
 
 
@@ -46,3 +47,31 @@ class TrainerBackend(Protocol):
     def load(self, directory: Path) -> None:
         """Restore what ``save`` wrote."""
         ...
+
+
+def common_backend_fields(config: Any) -> dict[str, Any]:
+    """The resolved worker-config fields every backend config reads, under the backends' names.
+
+    One place, so a knob added to the spec reaches both trainers (or neither) and is never read by one
+    backend only by accident.
+    """
+    return {
+        "hf_checkpoint": config.hf_checkpoint,
+        "loss": LossConfig.from_algorithm(config.algorithm),
+        "reward_kl_coef": float(config.algorithm.get("kl_coef", 0.0)),
+        "optimizer": dict(config.optimizer),
+        "micro_batch_size": config.micro_batch_size,
+        "use_dynamic_batch_size": config.use_dynamic_batch_size,
+        "max_tokens_per_gpu": config.max_tokens_per_gpu,
+        "log_probs_max_tokens_per_gpu": config.log_probs_max_tokens_per_gpu,
+        "ref_load": config.ref_load,
+        "num_rollout": config.num_rollout,
+        "num_steps_per_rollout": config.num_steps_per_rollout,
+        "temperature": config.sampling["temperature"],
+        "save_optim": config.save_optim,
+    }
+
+
+def needs_reference_model(loss: LossConfig, reward_kl_coef: float) -> bool:
+    """A frozen reference is loaded only when a KL term uses it (the loss's or the reward's)."""
+    return (loss.use_kl_loss and loss.kl_loss_coef > 0) or reward_kl_coef > 0

@@ -32,6 +32,7 @@ from kuberl.worker.algo.packing import (
     pack_sequences,
     plan_step,
 )
+from kuberl.worker.train.backend import common_backend_fields, needs_reference_model
 from kuberl.worker.train.batch import TrainSample
 from kuberl.worker.train.dp_shard import shard_for_rank
 from kuberl.worker.train.hf_megatron.shape import ModelShape
@@ -48,6 +49,7 @@ from kuberl.worker.train.torch_backend import lr_lambda
 log = logging.getLogger(__name__)
 
 DIST_CKPT_MARKER = "metadata.json"  # written by megatron's dist_checkpointing
+NO_OPTIMIZER_MARKER = "kuberl-no-optimizer"  # saved under spec.checkpoint.noSaveOptim
 
 
 @dataclass(frozen=True)
@@ -55,8 +57,9 @@ class MegatronBackendConfig:
     """The slice of the resolved worker config this backend reads."""
 
     hf_checkpoint: str
-    algorithm: dict[str, Any]
     optimizer: dict[str, Any]
+    loss: losses.LossConfig = field(default_factory=losses.LossConfig)
+    reward_kl_coef: float = 0.0  # spec.algorithm.klCoef: the reward's KL term needs the reference too
     architecture: Any = None  # kuberl.api.presets.Architecture or None (auto)
     micro_batch_size: int = 1
     use_dynamic_batch_size: bool = False
@@ -67,6 +70,7 @@ class MegatronBackendConfig:
     num_rollout: int | None = None
     num_steps_per_rollout: int = 1
     temperature: float = 1.0
+    save_optim: bool = True  # spec.checkpoint.noSaveOptim inverted
     tensor_model_parallel_size: int = 1
     sequence_parallel: bool = False
     pipeline_model_parallel_size: int = 1
@@ -89,19 +93,9 @@ class MegatronBackendConfig:
             raise SpecError([f"{', '.join(wrong)}: the Megatron backend's model presets (glm4, qwen2, "
                              "qwen3, llama) have no experts; set them to 1"])
         return cls(
-            hf_checkpoint=config.hf_checkpoint,
-            algorithm=dict(config.algorithm),
-            optimizer=dict(config.optimizer),
+            **common_backend_fields(config),
             architecture=config.architecture,
-            micro_batch_size=config.micro_batch_size,
-            use_dynamic_batch_size=config.use_dynamic_batch_size,
-            max_tokens_per_gpu=config.max_tokens_per_gpu,
-            log_probs_max_tokens_per_gpu=config.log_probs_max_tokens_per_gpu,
             balance_data=config.balance_data,
-            ref_load=config.ref_load,
-            num_rollout=config.num_rollout,
-            num_steps_per_rollout=config.num_steps_per_rollout,
-            temperature=config.sampling["temperature"],
             tensor_model_parallel_size=config.tensor_model_parallel_size,
             sequence_parallel=config.sequence_parallel,
             pipeline_model_parallel_size=config.pipeline_model_parallel_size,
@@ -231,8 +225,7 @@ class MegatronBackend:
         else:
             load_hf_weights(self.model.module, self.shape, config.hf_checkpoint, self.tp_rank, self.par.tp)
         self.ref_model = None
-        algo = config.algorithm
-        if (algo.get("use_kl_loss") and algo.get("kl_loss_coef", 0.0) > 0) or algo.get("kl_coef", 0.0) > 0:
+        if needs_reference_model(config.loss, config.reward_kl_coef):
             self.ref_model = self._build(trainable=False)
             if is_dist_checkpoint(config.ref_load):
                 self._load_model_dist(self.ref_model, Path(config.ref_load))  # type: ignore[arg-type]
@@ -367,11 +360,10 @@ class MegatronBackend:
         import torch.distributed as dist
         from megatron.core.distributed import finalize_model_grads
 
-        algo = self.config.algorithm
         normalizer = losses.LossNormalizer.from_masks(
-            [s.loss_mask for s in samples], per_token=algo["calculate_per_token_loss"]
+            [s.loss_mask for s in samples], per_token=self.config.loss.per_token
         )
-        config = losses.LossConfig.from_algorithm(algo)
+        config = self.config.loss
         self.model.train()
         self.model.zero_grad_buffer()
         self.optimizer.zero_grad()
@@ -453,15 +445,14 @@ class MegatronBackend:
         dist.barrier()
 
     # ---- dist checkpoints ---------------------------------------------------------------------------
-    def _sharded_state(self, *, loading: bool) -> dict[str, Any]:
+    def _sharded_state(self, *, loading: bool, with_optimizer: bool = True) -> dict[str, Any]:
         model_sd = self.model.module.sharded_state_dict()
-        return {
-            "model": model_sd,
-            "optimizer": self.optimizer.sharded_state_dict(
+        state: dict[str, Any] = {"model": model_sd, "steps": self.steps}
+        if with_optimizer:
+            state["optimizer"] = self.optimizer.sharded_state_dict(
                 model_sd, is_loading=loading, metadata={"distrib_optim_sharding_type": "fully_reshardable"}
-            ),
-            "steps": self.steps,
-        }
+            )
+        return state
 
     def save(self, directory: Path) -> None:
         """COLLECTIVE: model + optimizer (+ schedule step) in megatron's dist-checkpoint format.
@@ -477,7 +468,9 @@ class MegatronBackend:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         dist.barrier()
-        dist_checkpointing.save(self._sharded_state(loading=False), str(tmp))
+        dist_checkpointing.save(self._sharded_state(loading=False, with_optimizer=self.config.save_optim), str(tmp))
+        if self.rank == 0 and not self.config.save_optim:  # spec.checkpoint.noSaveOptim: load() must know
+            (tmp / NO_OPTIMIZER_MARKER).touch()
         dist.barrier()
         if self.rank == 0:
             shutil.rmtree(directory, ignore_errors=True)
@@ -490,9 +483,13 @@ class MegatronBackend:
 
         if not is_dist_checkpoint(directory):
             raise CheckpointError(f"{directory} is not a Megatron dist checkpoint (no {DIST_CKPT_MARKER})")
-        state = dist_checkpointing.load(self._sharded_state(loading=True), str(directory))
+        with_optimizer = not (directory / NO_OPTIMIZER_MARKER).exists()
+        state = dist_checkpointing.load(
+            self._sharded_state(loading=True, with_optimizer=with_optimizer), str(directory)
+        )
         self.model.module.load_state_dict(state["model"])
-        self._load_optimizer_state(state["optimizer"])
+        if with_optimizer:  # else: the optimizer starts fresh, as with the torch backend's noSaveOptim
+            self._load_optimizer_state(state["optimizer"])
         self.steps = int(state["steps"])
 
     def _load_optimizer_state(self, state: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from kuberl.worker.algo import losses
 from kuberl.worker.algo.packing import pack_micro_batches
+from kuberl.worker.train.backend import common_backend_fields, needs_reference_model
 from kuberl.worker.train.batch import TrainSample
 from kuberl.worker.train.dp_shard import Shard, shard_for_rank, unshard
 
@@ -37,8 +38,9 @@ class TorchBackendConfig:
     """The slice of the resolved worker config this backend reads."""
 
     hf_checkpoint: str
-    algorithm: dict[str, Any]
     optimizer: dict[str, Any]
+    loss: losses.LossConfig = field(default_factory=losses.LossConfig)
+    reward_kl_coef: float = 0.0  # spec.algorithm.klCoef: the reward's KL term needs the reference too
     micro_batch_size: int = 1
     use_dynamic_batch_size: bool = False
     max_tokens_per_gpu: int | None = None
@@ -60,21 +62,7 @@ class TorchBackendConfig:
             SpecError: ``spec.perf`` asks for tensor/pipeline/context parallelism.
         """
         check_data_parallel_only(config)
-        return cls(
-            hf_checkpoint=config.hf_checkpoint,
-            algorithm=dict(config.algorithm),
-            optimizer=dict(config.optimizer),
-            micro_batch_size=config.micro_batch_size,
-            use_dynamic_batch_size=config.use_dynamic_batch_size,
-            max_tokens_per_gpu=config.max_tokens_per_gpu,
-            log_probs_max_tokens_per_gpu=config.log_probs_max_tokens_per_gpu,
-            ref_load=config.ref_load,
-            device=config.device,
-            num_rollout=config.num_rollout,
-            num_steps_per_rollout=config.num_steps_per_rollout,
-            temperature=config.sampling["temperature"],
-            save_optim=config.save_optim,
-        )
+        return cls(**common_backend_fields(config), device=config.device)
 
 
 def check_data_parallel_only(config: Any) -> None:
@@ -223,9 +211,8 @@ class TorchBackend:
         self.model.to(self.device).train()
         if self.dp_size > 1:
             self._broadcast_weights()
-        algo = config.algorithm
         self.ref_model = None
-        if (algo.get("use_kl_loss") and algo.get("kl_loss_coef", 0.0) > 0) or algo.get("kl_coef", 0.0) > 0:
+        if needs_reference_model(config.loss, config.reward_kl_coef):
             source = config.ref_load if config.ref_load and Path(config.ref_load).is_dir() else None
             self.ref_model = AutoModelForCausalLM.from_pretrained(
                 source or config.hf_checkpoint, dtype=dtype
@@ -310,10 +297,9 @@ class TorchBackend:
         return unshard(parts, len(samples))
 
     def train_step(self, samples: Sequence[TrainSample]) -> dict[str, float]:
-        algo = self.config.algorithm
         # The normaliser counts the FULL step (every rank's samples), so partial sums add up across ranks.
         normalizer = losses.LossNormalizer.from_masks(
-            [s.loss_mask for s in samples], per_token=algo["calculate_per_token_loss"]
+            [s.loss_mask for s in samples], per_token=self.config.loss.per_token
         )
         share = self._share(samples)
         self.optimizer.zero_grad(set_to_none=True)
@@ -336,7 +322,7 @@ class TorchBackend:
                 if all(s.ref_logprobs is not None for s in mb) else None,
                 entropies=entropies,
                 normalizer=normalizer,
-                algorithm=algo,
+                config=self.config.loss,
                 device=self.device,
             )
             loss.backward()

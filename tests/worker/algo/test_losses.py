@@ -249,7 +249,7 @@ def test_grpo_loss_sum_adapter_equals_policy_loss_sum() -> None:
         advantages=ADV,
         loss_masks=MASK,
         normalizer=norm,
-        algorithm=algo,
+        config=LossConfig.from_algorithm(algo),
         device="cpu",
     )
     assert loss.item() == pytest.approx(run().loss.item())

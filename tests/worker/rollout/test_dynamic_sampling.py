@@ -333,7 +333,7 @@ async def test_max_context_len_clamps_responses_and_counts_prompts_without_room(
 
 
 async def test_engine_context_length_bounds_requests_when_the_spec_sets_none(tiny_model_dir, prompt_ids):
-    from kuberl.worker.rollout.embedded_engine import EngineArgs, serve_in_thread
+    from kuberl.worker.engine.server import EngineArgs, serve_in_thread
 
     handle = serve_in_thread(EngineArgs(model_path=str(tiny_model_dir), port=0, context_length=32))
     try:

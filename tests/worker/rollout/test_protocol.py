@@ -23,9 +23,9 @@ import httpx
 import pytest
 import torch
 
+from kuberl.worker.engine.launcher import ManagedProcess, router_command
 from kuberl.worker.rollout.balancer import EngineBalancer
 from kuberl.worker.rollout.engine_client import EngineClient, EngineHTTPError
-from kuberl.worker.rollout.launcher import ManagedProcess, router_command
 from kuberl.worker.rollout.router import RouterClient
 
 REAL = bool(os.environ.get("KUBERL_SGLANG_URL"))

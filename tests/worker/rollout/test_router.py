@@ -13,10 +13,10 @@ import httpx
 import pytest
 
 from kuberl.errors import EngineError
+from kuberl.worker.engine.launcher import EngineSpec, ManagedProcess, launch_engine
 from kuberl.worker.rollout.dynamic_sampling import CollectorSettings, collect_rollout
 from kuberl.worker.rollout.engine_client import EngineClient
 from kuberl.worker.rollout.generate import make_group
-from kuberl.worker.rollout.launcher import EngineSpec, ManagedProcess, launch_engine
 from kuberl.worker.rollout.partial_rollout_buffer import PartialRolloutBuffer
 from kuberl.worker.rollout.router import Router, RouterClient, find_smg, router_argv
 from kuberl.worker.rollout.sample import SampleStatus

@@ -49,7 +49,7 @@ def partial_loss(step: dict[str, list[torch.Tensor]], idx: list[int], normalizer
     return losses.grpo_loss_sum(
         logprobs=pick("logprobs"), old_logprobs=pick("old"), advantages=pick("adv"),
         loss_masks=pick("masks"), normalizer=normalizer,
-        algorithm={**ALGO, "calculate_per_token_loss": per_token},
+        config=losses.LossConfig.from_algorithm({**ALGO, "calculate_per_token_loss": per_token}),
         rollout_logprobs=pick("rollout"), ref_logprobs=pick("ref"), entropies=pick("entropies"),
     )
 

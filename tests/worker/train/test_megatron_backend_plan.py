@@ -53,7 +53,7 @@ def test_loss_summed_over_simulated_ranks_equals_one_batch_loss() -> None:
                 logprobs=[lps[i] for i in idx], old_logprobs=[lps[i] - 0.05 for i in idx],
                 advantages=[torch.tensor(samples[i].advantages) for i in idx],
                 loss_masks=[torch.tensor(samples[i].loss_mask, dtype=torch.float64) for i in idx],
-                normalizer=norm, algorithm=algo)
+                normalizer=norm, config=losses.LossConfig.from_algorithm(algo))
             return float(loss)
 
         whole = part(list(range(len(samples))))

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from kuberl.worker.algo.losses import LossConfig
 from kuberl.worker.rollout.engine_client import EngineClient
 from kuberl.worker.train.batch import TrainSample
 from kuberl.worker.train.torch_backend import TorchBackend, TorchBackendConfig
@@ -24,7 +25,7 @@ OPT = {"type": "adam", "lr": 1e-3, "min_lr": 0.0, "lr_decay_style": "constant", 
 
 
 def backend(model_dir: Path, **kw) -> TorchBackend:
-    return TorchBackend(TorchBackendConfig(hf_checkpoint=str(model_dir), algorithm=ALGO, optimizer=OPT,
+    return TorchBackend(TorchBackendConfig(hf_checkpoint=str(model_dir), loss=LossConfig.from_algorithm(ALGO), optimizer=OPT,
                                            device="cpu", **kw))
 
 
@@ -96,7 +97,7 @@ async def test_tied_embeddings_sync_to_an_engine(tmp_path: Path) -> None:
     """A model with tied input/output embeddings (SmolLM2, Qwen2.5-0.5B) exports each weight once."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from kuberl.worker.rollout.embedded_engine import EngineArgs, serve_in_thread
+    from kuberl.worker.engine.server import EngineArgs, serve_in_thread
     from kuberl.worker.weight_sync import SyncSettings, WeightSender
 
     config = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
@@ -134,7 +135,7 @@ def test_no_save_optim_writes_no_optimizer_and_resumes_with_a_fresh_one(
 ) -> None:
     """spec.checkpoint.noSaveOptim: weights, LR schedule and step count are kept; Adam moments are not."""
     opt = {**OPT, "lr_warmup_iters": 10}
-    trainer = TorchBackend(TorchBackendConfig(hf_checkpoint=str(tiny_model_dir), algorithm=ALGO,
+    trainer = TorchBackend(TorchBackendConfig(hf_checkpoint=str(tiny_model_dir), loss=LossConfig.from_algorithm(ALGO),
                                               optimizer=opt, device="cpu", save_optim=False))
     samples = samples_for([[5, 6, 7, 20, 21]], [1.0])
     for _ in range(2):
@@ -142,7 +143,7 @@ def test_no_save_optim_writes_no_optimizer_and_resumes_with_a_fresh_one(
     trainer.save(tmp_path)
     assert not (tmp_path / "optimizer.pt").exists() and (tmp_path / "trainer_state.pt").exists()
 
-    restored = TorchBackend(TorchBackendConfig(hf_checkpoint=str(tiny_model_dir), algorithm=ALGO,
+    restored = TorchBackend(TorchBackendConfig(hf_checkpoint=str(tiny_model_dir), loss=LossConfig.from_algorithm(ALGO),
                                                optimizer=opt, device="cpu"))
     with caplog.at_level("WARNING"):
         restored.load(tmp_path)
@@ -185,7 +186,7 @@ def test_model_parallel_sizes_are_refused_by_the_torch_backend() -> None:
 def test_weight_decay_skips_biases_and_norms_as_megatron_does(tiny_model_dir: Path) -> None:
     """Zero advantages give zero gradients, so an SGD step with decay only shrinks decayed weights."""
     opt = {**OPT, "type": "sgd", "lr": 0.5, "weight_decay": 0.1, "clip_grad": 0.0}
-    trainer = TorchBackend(TorchBackendConfig(hf_checkpoint=str(tiny_model_dir), algorithm=ALGO, optimizer=opt,
+    trainer = TorchBackend(TorchBackendConfig(hf_checkpoint=str(tiny_model_dir), loss=LossConfig.from_algorithm(ALGO), optimizer=opt,
                                               device="cpu"))
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train_step(samples_for([[5, 6, 7, 8, 9], [5, 6, 7, 10]], [0.0, 0.0]))

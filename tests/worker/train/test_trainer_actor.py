@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from kuberl.errors import SpecError
+from kuberl.worker.algo.losses import LossConfig
 from kuberl.worker.train import trainer_actor
 from kuberl.worker.train.trainer_actor import (
     AVAILABLE_BACKENDS,
@@ -54,7 +55,7 @@ def test_one_rank_actor_does_not_start_torch_distributed(tiny_model_dir) -> None
 
     config = TorchBackendConfig(
         hf_checkpoint=str(tiny_model_dir), device="cpu",
-        algorithm={"calculate_per_token_loss": False}, optimizer={"type": "sgd", "lr": 0.1, "weight_decay": 0.0},
+        loss=LossConfig(per_token=False), optimizer={"type": "sgd", "lr": 0.1, "weight_decay": 0.0},
     )
     actor = TrainerActor("torch", config)
     assert actor.rank == 0 and actor.world_size == 1 and not dist.is_initialized()

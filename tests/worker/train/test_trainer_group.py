@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from kuberl.worker.algo.losses import LossConfig
 from kuberl.worker.train.batch import TrainSample
 from kuberl.worker.train.torch_backend import TorchBackendConfig
 from kuberl.worker.train.trainer_group import TrainerGroup
@@ -82,7 +83,7 @@ def groups(ray_cluster: None) -> Iterator[Groups]:
 
 
 def config(model_dir: Path, optimizer: dict, **kw) -> TorchBackendConfig:
-    return TorchBackendConfig(hf_checkpoint=str(model_dir), algorithm=ALGO, optimizer=optimizer,
+    return TorchBackendConfig(hf_checkpoint=str(model_dir), loss=LossConfig.from_algorithm(ALGO), optimizer=optimizer,
                               device="cpu", dtype="float64", use_dynamic_batch_size=True,
                               max_tokens_per_gpu=16, **kw)
 

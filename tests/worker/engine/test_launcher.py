@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from kuberl.errors import EngineError
-from kuberl.worker.rollout.launcher import EngineSpec, engine_command, router_command
+from kuberl.worker.engine.launcher import EngineSpec, engine_command, router_command
 
 
 def test_sglang_command_sets_tp_and_converts_camel_case_passthrough():
@@ -22,7 +22,7 @@ def test_sglang_command_sets_tp_and_converts_camel_case_passthrough():
 
 def test_embedded_command_uses_the_module_and_refuses_tensor_parallel():
     argv = engine_command(EngineSpec(model_path="m", port=5, server_args=["--foo", "1"]))
-    assert argv[:3] == [sys.executable, "-m", "kuberl.worker.rollout.embedded_engine"]
+    assert argv[:3] == [sys.executable, "-m", "kuberl.worker.engine.server"]
     assert argv[-2:] == ["--foo", "1"]
     with pytest.raises(EngineError, match="one device"):
         engine_command(EngineSpec(model_path="m", port=5, tp_size=2))
@@ -41,8 +41,8 @@ def test_router_command_disables_retries_and_lists_workers():
 
 
 def test_seeded_sampling_is_asked_for_with_enable_deterministic_inference_for_both_engines():
-    from kuberl.worker.rollout.embedded_engine import parse_args
-    from kuberl.worker.rollout.launcher import seeded_sampling
+    from kuberl.worker.engine.launcher import seeded_sampling
+    from kuberl.worker.engine.server import parse_args
 
     args = {"enableDeterministicInference": True}
     assert seeded_sampling(args) and seeded_sampling(["--enable-deterministic-inference"])

@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from kuberl.worker.rollout.kv_batch import KVBatch, prefill
-from kuberl.worker.rollout.sampling import SamplingParams, choose_tokens
+from kuberl.worker.engine.kv_batch import KVBatch, prefill
+from kuberl.worker.engine.sampling import SamplingParams, choose_tokens
 
 ABORT_WAITING = "Abort in waiting queue"
 ABORT_RUNNING = "Aborted"  # SGLang's FINISH_ABORT default; clients match on it

@@ -13,10 +13,10 @@ from typing import Any
 import torch
 from aiohttp import web
 
-from kuberl.worker.rollout.http_shapes import error_response, json_body
-from kuberl.worker.rollout.scheduler import Scheduler
-from kuberl.worker.rollout.tensor_payload import decode_named_tensors
-from kuberl.worker.rollout.weight_group import destroy_group, join_group, receive_bucket
+from kuberl.worker.engine.http_shapes import error_response, json_body
+from kuberl.worker.engine.scheduler import Scheduler
+from kuberl.worker.tensor_payload import decode_named_tensors
+from kuberl.worker.weight_group import destroy_group, join_group, receive_bucket
 
 MEMORY_TAGS = ("weights", "kv_cache", "cuda_graph")
 

@@ -9,7 +9,7 @@ import httpx
 import pytest
 import torch
 
-from kuberl.worker.rollout.embedded_engine import parse_args
+from kuberl.worker.engine.server import parse_args
 from kuberl.worker.rollout.engine_client import EngineClient, EngineHTTPError
 
 PROMPTS = [[1, 89, 87, 275], [1, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15], [1, 40]]
@@ -189,7 +189,7 @@ async def test_glm4_model_is_served_with_forward_pass_logprobs(tmp_path):
     """The reference workload's family (GLM4) through the same engine."""
     from transformers import AutoModelForCausalLM
 
-    from kuberl.worker.rollout.embedded_engine import EngineArgs, serve_in_thread
+    from kuberl.worker.engine.server import EngineArgs, serve_in_thread
     from kuberl.worker.tiny_model import build_tiny_model
 
     path = build_tiny_model(tmp_path / "glm4", "glm4", seed=0)
@@ -233,7 +233,7 @@ async def test_abort_before_the_request_is_registered_is_dropped(thread_engine):
 
 @pytest.fixture
 def deterministic_engine(tiny_model_dir):
-    from kuberl.worker.rollout.embedded_engine import EngineArgs, serve_in_thread
+    from kuberl.worker.engine.server import EngineArgs, serve_in_thread
 
     handle = serve_in_thread(EngineArgs(model_path=str(tiny_model_dir), port=0,
                                         enable_deterministic_inference=True, context_length=512))

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kuberl.worker.rollout.sampling import SamplingParams, SamplingParamsError, choose_tokens
+from kuberl.worker.engine.sampling import SamplingParams, SamplingParamsError, choose_tokens
 
 
 def gens(n: int, seed: int = 0) -> list[torch.Generator]:

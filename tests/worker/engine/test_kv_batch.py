@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from kuberl.worker.rollout.kv_batch import KVBatch, prefill
+from kuberl.worker.engine.kv_batch import KVBatch, prefill
 
 
 @pytest.fixture(scope="module")

@@ -71,7 +71,7 @@ def seeded_sampling(server_args: list[str] | dict[str, Any]) -> bool:
 
 def engine_command(spec: EngineSpec, python: str = sys.executable) -> list[str]:
     """The argv that starts ``spec``'s engine."""
-    module = {"sglang": "sglang.launch_server", "embedded": "kuberl.worker.rollout.embedded_engine"}
+    module = {"sglang": "sglang.launch_server", "embedded": "kuberl.worker.engine.server"}
     argv = [python, "-m", module[spec.kind], "--model-path", spec.model_path,
             "--host", spec.host, "--port", str(spec.port),
             "--weight-version", spec.weight_version, "--random-seed", str(spec.random_seed)]

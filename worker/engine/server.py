@@ -1,7 +1,7 @@
 """An HTTP server around a Hugging Face causal LM that speaks SGLang's native API (sglang-api.md §9).
 
 Local runs and CPU tests use it where production runs real SGLang, so the worker's rollout code is
-the same in both. Launch: ``python -m kuberl.worker.rollout.embedded_engine --model-path DIR --port N``.
+the same in both. Launch: ``python -m kuberl.worker.engine.server --model-path DIR --port N``.
 Unknown ``--flags`` (SGLang server arguments) are accepted and ignored, so one launcher serves both.
 Where real SGLang 0.5.14 differs from what a client might expect, the twin copies it (docs/rollout.md
 has the table): exact-rid aborts that drop rids not yet registered, ``sampling_seed`` only with
@@ -25,10 +25,10 @@ from typing import Any
 import torch
 from aiohttp import web
 
-from kuberl.worker.rollout.engine_weights import WeightRoutes
-from kuberl.worker.rollout.http_shapes import bad_request, error_response, json_body
-from kuberl.worker.rollout.sampling import SamplingParams, SamplingParamsError
-from kuberl.worker.rollout.scheduler import GenerationRequest, Scheduler
+from kuberl.worker.engine.http_shapes import bad_request, error_response, json_body
+from kuberl.worker.engine.sampling import SamplingParams, SamplingParamsError
+from kuberl.worker.engine.scheduler import GenerationRequest, Scheduler
+from kuberl.worker.engine.weight_routes import WeightRoutes
 
 log = logging.getLogger(__name__)
 VERSION = "kuberl-embedded-0.1"
@@ -80,7 +80,7 @@ class EmbeddedEngine(WeightRoutes):
         self._registered: Counter[str] = Counter()
         self.started = time.time()
         self.groups: dict[str, Any] = {}  # weight-update process groups by name
-        self.released: dict[str, Any] = {}  # memory released for colocation (engine_weights.py)
+        self.released: dict[str, Any] = {}  # memory released for colocation (weight_routes.py)
 
     def _decode(self, ids: list[int], skip_special: bool) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=skip_special) if self.tokenizer else ""

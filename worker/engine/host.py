@@ -10,7 +10,7 @@ import asyncio
 import socket
 from typing import Any
 
-from kuberl.worker.rollout.launcher import EngineSpec, ManagedProcess, launch_engine
+from kuberl.worker.engine.launcher import EngineSpec, ManagedProcess, launch_engine
 
 
 def free_port(low: int = 20000, high: int = 55000) -> int:
