@@ -21,7 +21,7 @@ import signal
 import statistics
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +84,8 @@ class DriverOptions:
     metrics_port: int | None = None  # None: no endpoint; 0: any free port
     progress_bar: bool = True
     max_rollouts: int | None = None  # stop early (tests, smoke runs)
+    # Called with the history after every rollout; True ends the run there (benchmarks: a reward target).
+    stop_when: Callable[[list[dict[str, float]]], bool] | None = None
     ray_address: str | None = None  # None: start a local Ray; "auto": join the cluster
 
 
@@ -554,6 +556,9 @@ class Driver:
             bar(rollout_id, metrics)
             rollout_id += 1
             end = self._refresh_end(end)
+            if self.options.stop_when is not None and self.options.stop_when(history):
+                log.info("stopping after rollout %d: the stop condition holds", rollout_id - 1)
+                break
         if self._eval_due(end, final=True) and history:
             final = asyncio.run(self._evaluate(end))
             history[-1].update(final)
