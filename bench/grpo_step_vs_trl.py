@@ -271,8 +271,15 @@ def _run_side(side: str, build: Path, args: argparse.Namespace, levers: str = "n
 
         env[LEVERS_ENV] = ",".join(Levers().__dataclass_fields__)
     t0 = time.perf_counter()
-    subprocess.run(argv, check=True, env=env, stdout=subprocess.DEVNULL if not args.verbose else None,
-                   stderr=subprocess.DEVNULL if not args.verbose else None)
+    for attempt in range(3):  # Ray waits a hard-coded 30 s for its raylet: a loaded machine misses it
+        done = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL if not args.verbose else None,
+                              stderr=subprocess.DEVNULL if not args.verbose else None)
+        if done.returncode == 0:
+            break
+        print(f"({side} side failed with exit status {done.returncode}, attempt {attempt + 1} of 3)",
+              file=sys.stderr)
+    else:
+        raise RuntimeError(f"the {side} side failed 3 times; rerun with --verbose to see why")
     result = json.loads(out.read_text())
     result["process_s"] = time.perf_counter() - t0
     out.unlink()
