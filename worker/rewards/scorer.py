@@ -28,8 +28,8 @@ from kuberl.worker.rollout.sample import Sample
 
 log = logging.getLogger(__name__)
 
-# Built-ins that cannot hang: regex-free or anchored string work on the response (f1: token counts;
-# dapo: the last 300 characters). sympy- and math-verify-based graders stay in the pool.
+# Built-ins that cannot hang: linear-time string work on the response (f1: token counts; dapo: the
+# last 300 characters). sympy- and math-verify-based graders stay in the pool.
 INLINE_BUILTINS = frozenset({"f1", "dapo"})
 
 
