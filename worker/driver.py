@@ -21,7 +21,7 @@ import signal
 import statistics
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +45,7 @@ from kuberl.worker.console import (
 from kuberl.worker.engine.host import EngineHost
 from kuberl.worker.engine.launcher import seeded_sampling
 from kuberl.worker.import_path import load_callable
+from kuberl.worker.levers import Levers
 from kuberl.worker.local_ray import init_local_ray, prepare_local_ray
 from kuberl.worker.metrics import MetricsExporter
 from kuberl.worker.placement import create_placement_groups, plan_placement
@@ -84,6 +85,8 @@ class DriverOptions:
     metrics_port: int | None = None  # None: no endpoint; 0: any free port
     progress_bar: bool = True
     max_rollouts: int | None = None  # stop early (tests, smoke runs)
+    # Called with the history after every rollout; True ends the run there (benchmarks: a reward target).
+    stop_when: Callable[[list[dict[str, float]]], bool] | None = None
     ray_address: str | None = None  # None: start a local Ray; "auto": join the cluster
 
 
@@ -151,13 +154,15 @@ def fill_advantages(
         s.advantages = adv.tolist()
 
 
-def build_grader(config: WorkerConfig, pool: GradingPool, rm_type: str | None = None) -> Scorer:
-    """A scorer that grades samples in place through the process pool shared by training and eval."""
+def build_grader(config: WorkerConfig, pool: GradingPool, rm_type: str | None = None,
+                 levers: Levers | None = None) -> Scorer:
+    """A scorer that grades samples in place through the process pool shared by training and eval
+    (cheap built-in graders inline, unless ``levers`` switch that off)."""
     reward = RewardConfig(
         rm_type=rm_type or config.rm_type, custom_rm_path=config.custom_rm_path,
         rm_url=config.rm_url, group_rm=config.group_rm,
     )
-    return Scorer(reward, pool, args=config)
+    return Scorer(reward, pool, args=config, inline=(levers or Levers()).inline_grading)
 
 
 def load_hook(path: str | None, field: str) -> Any:
@@ -184,8 +189,9 @@ class Driver:
             self.config.dynamic_sampling_filter_path, "dynamicSamplingFilterPath"
         )
         self.prompts = PromptSource.for_training(self.config)
+        self.levers = Levers.from_env()
         self.pool = GradingPool(workers=default_workers())
-        self.grader = build_grader(self.config, self.pool)
+        self.grader = build_grader(self.config, self.pool, levers=self.levers)
         self.weight_version = 0
         self.start_rollout = 0
         self.current_rollout: int | None = None  # the rollout in progress (for "interrupted at")
@@ -361,6 +367,7 @@ class Driver:
             max_context_len=c.max_context_len,
             server_concurrency=c.server_concurrency,
             custom_generate=load_hook(c.custom_generate_function_path, "customGenerateFunctionPath"),
+            batch_groups=self.levers.batch_generate,
         )
         endpoint = self._endpoint()
         try:
@@ -394,7 +401,7 @@ class Driver:
         scores = []
         for eval_set in c.eval_sets:
             source = PromptSource.for_eval(c, eval_set)
-            grader = build_grader(c, self.pool, eval_set.rm_type)
+            grader = build_grader(c, self.pool, eval_set.rm_type, self.levers)
             settings = CollectorSettings(
                 target_groups=len(source),
                 over_sampling_groups=len(source),
@@ -405,6 +412,7 @@ class Driver:
                 custom_generate=load_hook(c.custom_generate_function_path,
                                           "customGenerateFunctionPath"),
                 evaluation=True,
+                batch_groups=self.levers.batch_generate,
             )
             endpoint = self._endpoint()
             try:
@@ -547,6 +555,9 @@ class Driver:
             bar(rollout_id, metrics)
             rollout_id += 1
             end = self._refresh_end(end)
+            if self.options.stop_when is not None and self.options.stop_when(history):
+                log.info("stopping after rollout %d: the stop condition holds", rollout_id - 1)
+                break
         if self._eval_due(end, final=True) and history:
             final = asyncio.run(self._evaluate(end))
             history[-1].update(final)

@@ -1,13 +1,16 @@
 """Score samples: pick each sample's grader, run it under a deadline, write ``sample.reward``.
 
-Built-in and sync custom graders run in the GradingPool's processes (timeout -> reward 0, worker
-replaced); async custom graders and the remote grader run on the event loop under the same deadline.
-Per-group custom graders (``groupRm``) get all samples of a group at once.
+Cheap pure-Python built-ins (``INLINE_BUILTINS``: linear-time string work on a bounded response) run
+inline in the driver: a process round trip per sample cost more than the grading. The other built-ins
+(sympy, math-verify) and sync custom graders run in the GradingPool's processes (timeout -> reward 0,
+worker replaced); async custom graders and the remote grader run on the event loop under the same
+deadline. Per-group custom graders (``groupRm``) get all samples of a group at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import inspect
 import logging
 from collections import defaultdict
@@ -24,6 +27,20 @@ from kuberl.worker.rewards.remote import grade_remote
 from kuberl.worker.rollout.sample import Sample
 
 log = logging.getLogger(__name__)
+
+# Built-ins that cannot hang: linear-time string work on the response (f1: token counts; dapo: the
+# last 300 characters). sympy- and math-verify-based graders stay in the pool.
+INLINE_BUILTINS = frozenset({"f1", "dapo"})
+
+
+def grades_inline(choice: Choice, enabled: bool = True) -> bool:
+    """Pure: whether this sample's grader runs in the driver instead of a pool process."""
+    return enabled and choice.kind == "builtin" and choice.target in INLINE_BUILTINS
+
+
+def _builtin_function(name: str) -> Any:
+    module, _, attr = BUILTIN[name].partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 @dataclass(frozen=True)
@@ -42,8 +59,10 @@ class Scorer:
     """Grades samples in place. ``args`` is what custom functions receive as their first argument."""
 
     def __init__(self, config: RewardConfig, pool: GradingPool, args: Any = None,
-                 client: httpx.AsyncClient | None = None) -> None:
+                 client: httpx.AsyncClient | None = None, inline: bool = True) -> None:
         self.config, self.pool, self.args = config, pool, args
+        self.inline = inline  # cheap built-ins in the driver (Levers.inline_grading)
+        self.inline_graded = 0
         self._client = client
         self.timeouts = 0
         self.failures = 0
@@ -90,6 +109,12 @@ class Scorer:
 
     async def _run(self, choice: Choice, sample: Sample) -> Any:
         timeout = self.config.timeout_s
+        if grades_inline(choice, self.inline):
+            self.inline_graded += 1
+            try:
+                return _builtin_function(choice.target)(sample.response_text, sample.label)
+            except Exception as e:  # as the pool reports a grader's exception
+                raise GradingFailed(f"{BUILTIN[choice.target]}: {type(e).__name__}: {e}") from e
         if choice.kind == "builtin":
             return await self.pool.run(BUILTIN[choice.target], sample.response_text, sample.label,
                                        timeout_s=timeout)

@@ -19,6 +19,8 @@ from kuberl.worker.rollout.engine_client import EngineClient, EngineHTTPError, G
 class EngineBalancer:
     """Same generate/abort/control surface as :class:`EngineClient`, spread over many engines."""
 
+    sends_batches = True  # generate_batch goes to one engine, its rids tracked there
+
     def __init__(self, engines: list[EngineClient]) -> None:
         if not engines:
             raise EngineError("the balancer needs at least one engine URL")
@@ -59,6 +61,26 @@ class EngineBalancer:
         finally:
             self.in_flight[engine.url] -= 1
             if rid is not None:
+                self._owner.pop(rid, None)
+
+    async def generate_batch(
+        self, input_ids: list[list[int]], sampling_params: list[dict[str, Any]], rids: list[str],
+        return_logprob: bool = True,
+    ) -> list[GenerateOutput]:
+        """One batched request to the least-loaded engine; every rid of it aborts on that engine."""
+        engine = self.pick()
+        self.in_flight[engine.url] += len(rids)
+        for rid in rids:
+            self._owner[rid] = engine
+        try:
+            return await engine.generate_batch(input_ids, sampling_params, rids, return_logprob)
+        except EngineHTTPError as e:
+            if e.retryable:
+                self.down.add(engine.url)
+            raise
+        finally:
+            self.in_flight[engine.url] -= len(rids)
+            for rid in rids:
                 self._owner.pop(rid, None)
 
     async def abort(self, rid: str | None = None, abort_all: bool = False) -> None:

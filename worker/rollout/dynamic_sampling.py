@@ -27,7 +27,7 @@ from typing import Any, Literal
 from kuberl.errors import EngineError, SpecError
 from kuberl.worker.rollout.engine_client import GenerateOutput
 from kuberl.worker.rollout.filters import FilterResult, normalize_verdict
-from kuberl.worker.rollout.generate import Endpoint, generate_sample
+from kuberl.worker.rollout.generate import Endpoint, generate_batch, generate_sample
 from kuberl.worker.rollout.partial_rollout_buffer import PartialRolloutBuffer
 from kuberl.worker.rollout.sample import Sample, SampleStatus
 
@@ -56,6 +56,9 @@ class CollectorSettings:
     server_concurrency: int | None = None  # spec.sglang.serverConcurrency: /generate per engine
     custom_generate: CustomGenerate | None = None  # spec.rollout.customGenerateFunctionPath
     evaluation: bool = False
+    # One /generate per group (SGLang's batch form) where the endpoint can send batches and no
+    # customGenerateFunctionPath replaces generation; off: one request per sample.
+    batch_groups: bool = True
     max_waves: int = 64  # a filter that drops everything must fail loudly, not spin forever
     max_failed_retries: int = 3
     abort_interval_s: float = 0.2  # re-send aborts this often until every request came back
@@ -141,6 +144,7 @@ class TrackedEndpoint:
         self.latest_version: str | None = None
         self.peak_in_flight = 0
         self._slots = asyncio.Semaphore(max_in_flight) if max_in_flight else None
+        self._batch_slots = asyncio.Lock()
         self.rid_prefix = rid_prefix
         self._auto = 0
 
@@ -171,6 +175,43 @@ class TrackedEndpoint:
         if out.weight_version is not None:
             self.latest_version = out.weight_version
         return out
+
+    @property
+    def sends_batches(self) -> bool:
+        return bool(getattr(self.endpoint, "sends_batches", False))
+
+    async def generate_batch(
+        self, input_ids: list[list[int]], sampling_params: list[dict[str, Any]], rids: list[str],
+        return_logprob: bool = True,
+    ) -> list[GenerateOutput]:
+        """One batched ``/generate``; it takes one concurrency slot per item (slots are taken under a
+        lock, so two batches never each hold half of what both need) and tracks every rid."""
+        if self._slots is not None:
+            async with self._batch_slots:
+                for _ in rids:
+                    await self._slots.acquire()
+        try:
+            if self.stopped:
+                return [GenerateOutput(rid, [], [], {"type": "abort", "message": NOT_SENT}, None)
+                        for rid in rids]
+            self.in_flight.update(rids)
+            self.peak_in_flight = max(self.peak_in_flight, sum(self.in_flight.values()))
+            try:
+                outs = await self.endpoint.generate_batch(input_ids, sampling_params, rids,
+                                                          return_logprob)
+            finally:
+                self.in_flight.subtract(rids)
+                for rid in rids:
+                    if self.in_flight[rid] <= 0:
+                        del self.in_flight[rid]
+        finally:
+            if self._slots is not None:
+                for _ in rids:
+                    self._slots.release()
+        for out in outs:
+            if out.weight_version is not None:
+                self.latest_version = out.weight_version
+        return outs
 
     async def abort(self, rid: str | None = None, abort_all: bool = False) -> None:
         """Hooks may abort their own rids; never everything (other users share the engines)."""
@@ -260,10 +301,21 @@ async def collect_rollout(
             out.metadata.setdefault("start_rollout_id", rollout_id)
         group[k] = out
 
+    batched = settings.batch_groups and settings.custom_generate is None and flight.sends_batches
+
+    async def generate_all(group: list[Sample]) -> None:
+        # A group larger than the concurrency bound could never get its slots at once.
+        if batched and (limit is None or len(group) <= limit):
+            await generate_batch(flight, group, settings.sampling_params, settings.max_new_tokens,
+                                 rid_prefix=flight.rid_prefix, rollout_id=rollout_id, decode=decode,
+                                 max_context_len=context_len)
+            return
+        await asyncio.gather(*(generate_one(group, k) for k in range(len(group))))
+
     async def run_group(group: list[Sample]) -> list[Sample]:
         before = sum(s.response_length for s in group)
         for attempt in range(settings.max_failed_retries + 1):
-            await asyncio.gather(*(generate_one(group, k) for k in range(len(group))))
+            await generate_all(group)
             failed = [s for s in group if s.status == SampleStatus.FAILED]
             if not failed or stopping:
                 break

@@ -1,8 +1,9 @@
 """Turn prompts into ``Sample`` records through any SGLang-protocol endpoint.
 
 An endpoint is an EngineClient, an EngineBalancer or a RouterClient: anything with
-``generate(input_ids, sampling_params, rid=...)`` and ``abort(...)``. One request per sample with its
-own rid (SGLang 0.5.14 aborts exact rids only, so the caller keeps every rid it sent), and resumption of
+``generate(input_ids, sampling_params, rid=...)`` and ``abort(...)``. Every sample has its own rid (SGLang
+0.5.14 aborts exact rids only, so the caller keeps every rid it sent); a group goes out as one batched
+request where the endpoint can send batches (``generate_batch``), else one request per sample; resumption of
 aborted samples by sending prompt + partial response with the remaining token budget, clamped to the
 context length (sglang-api.md §7.4).
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from kuberl.worker.rollout.engine_client import EngineHTTPError, GenerateOutput
@@ -25,6 +27,15 @@ class Endpoint(Protocol):
     ) -> GenerateOutput: ...
 
     async def abort(self, rid: str | None = None, abort_all: bool = False) -> None: ...
+
+
+class BatchEndpoint(Endpoint, Protocol):
+    """An endpoint that can send several samples in one ``/generate`` (EngineClient, EngineBalancer)."""
+
+    async def generate_batch(
+        self, input_ids: list[list[int]], sampling_params: list[dict[str, Any]], rids: list[str],
+        return_logprob: bool = True,
+    ) -> list[GenerateOutput]: ...
 
 
 def rid_for(prefix: str, index: int) -> str:
@@ -55,6 +66,60 @@ def make_group(
     ]
 
 
+@dataclass(frozen=True)
+class SampleRequest:
+    """One sample's ``/generate`` request: what ``generate_sample`` and the batched path both send."""
+
+    input_ids: list[int]
+    sampling_params: dict[str, Any]
+    rid: str
+
+
+def prepare_request(
+    sample: Sample, sampling_params: dict[str, Any], max_new_tokens: int, rid_prefix: str,
+    max_context_len: int | None,
+) -> SampleRequest | None:
+    """Pure: the request for a pending sample, or None when it needs none.
+
+    A finished sample needs nothing; a sample with no budget left (``max_new_tokens`` minus what it
+    already holds, clamped to the room under ``max_context_len``) is finished here as truncated, and a
+    prompt that leaves no room at all is marked ``metadata["over_context"]``.
+    """
+    if sample.status.is_finished:
+        return None
+    remaining = max_new_tokens - sample.response_length
+    if max_context_len is not None:
+        room = max_context_len - len(sample.tokens)
+        if room <= 0 and sample.response_length == 0:
+            sample.metadata["over_context"] = True
+        remaining = min(remaining, room)
+    if remaining <= 0:
+        sample.status = SampleStatus.TRUNCATED
+        return None
+    return SampleRequest(list(sample.tokens), request_params(sampling_params, sample, remaining),
+                         rid_for(rid_prefix, sample.index))
+
+
+def apply_output(
+    sample: Sample, out: GenerateOutput, rollout_id: int | None, mask_offpolicy: bool,
+    decode: Callable[[list[int]], str] | None,
+) -> None:
+    """Append one ``/generate`` answer to its sample: tokens, logprobs, versions, status, text."""
+    if sample.response_length > 0 and mask_offpolicy:
+        sample.mask_response()
+    sample.append_response(out.output_ids, out.logprobs, out.weight_version, out.weight_versions)
+    sample.status = SampleStatus.from_finish_type(out.finish_type)
+    sample.response_text = decode(sample.response_ids) if decode else sample.response_text + out.text
+    sample.metadata["finish_reason"] = out.finish_reason
+    if rollout_id is not None and sample.response_ids:
+        sample.metadata.setdefault("start_rollout_id", rollout_id)
+
+
+def _failed(sample: Sample, error: EngineHTTPError) -> None:
+    sample.status = SampleStatus.FAILED
+    sample.metadata["error"] = str(error)
+
+
 async def generate_sample(
     endpoint: Endpoint,
     sample: Sample,
@@ -76,38 +141,58 @@ async def generate_sample(
     excludes previously generated tokens (older weights) from the loss. A 400 raises (a bug); an
     engine that went away leaves the sample FAILED for the caller to requeue.
     """
-    if sample.status.is_finished:
+    req = prepare_request(sample, sampling_params, max_new_tokens, rid_prefix, max_context_len)
+    if req is None:
         return sample
-    remaining = max_new_tokens - sample.response_length
-    if max_context_len is not None:
-        room = max_context_len - len(sample.tokens)
-        if room <= 0 and sample.response_length == 0:
-            sample.metadata["over_context"] = True
-        remaining = min(remaining, room)
-    if remaining <= 0:
-        sample.status = SampleStatus.TRUNCATED
-        return sample
-    resumed = sample.response_length > 0
     try:
-        out = await endpoint.generate(
-            sample.tokens, request_params(sampling_params, sample, remaining),
-            rid=rid_for(rid_prefix, sample.index), return_logprob=True,
-        )
+        out = await endpoint.generate(req.input_ids, req.sampling_params, rid=req.rid,
+                                      return_logprob=True)
     except EngineHTTPError as e:
         if not e.retryable:
             raise
-        sample.status = SampleStatus.FAILED
-        sample.metadata["error"] = str(e)
+        _failed(sample, e)
         return sample
-    if resumed and mask_offpolicy:
-        sample.mask_response()
-    sample.append_response(out.output_ids, out.logprobs, out.weight_version, out.weight_versions)
-    sample.status = SampleStatus.from_finish_type(out.finish_type)
-    sample.response_text = decode(sample.response_ids) if decode else sample.response_text + out.text
-    sample.metadata["finish_reason"] = out.finish_reason
-    if rollout_id is not None and sample.response_ids:
-        sample.metadata.setdefault("start_rollout_id", rollout_id)
+    apply_output(sample, out, rollout_id, mask_offpolicy, decode)
     return sample
+
+
+async def generate_batch(
+    endpoint: BatchEndpoint,
+    samples: list[Sample],
+    sampling_params: dict[str, Any],
+    max_new_tokens: int,
+    rid_prefix: str = "kuberl",
+    rollout_id: int | None = None,
+    mask_offpolicy: bool = False,
+    decode: Callable[[list[int]], str] | None = None,
+    max_context_len: int | None = None,
+) -> list[Sample]:
+    """``generate_sample`` for several samples (a prompt group) in ONE ``/generate`` request.
+
+    SGLang takes a batch as ``input_ids`` (a list of lists) with one ``rid`` and one
+    ``sampling_params`` per item and answers a list in the same order (sglang-api.md §2); every
+    item keeps its own rid, so aborting one sample still aborts exactly that sample. The call
+    returns when the last item finishes, which is when a group is graded anyway. An engine that
+    went away fails every item of the batch (the caller requeues them); a 400 raises.
+    """
+    todo = [(s, r) for s in samples
+            if (r := prepare_request(s, sampling_params, max_new_tokens, rid_prefix,
+                                     max_context_len)) is not None]
+    if not todo:
+        return samples
+    try:
+        outs = await endpoint.generate_batch(
+            [r.input_ids for _, r in todo], [r.sampling_params for _, r in todo],
+            [r.rid for _, r in todo], return_logprob=True)
+    except EngineHTTPError as e:
+        if not e.retryable:
+            raise
+        for s, _ in todo:
+            _failed(s, e)
+        return samples
+    for (s, _), out in zip(todo, outs, strict=True):
+        apply_output(s, out, rollout_id, mask_offpolicy, decode)
+    return samples
 
 
 async def generate_group(

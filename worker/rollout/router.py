@@ -143,6 +143,10 @@ class RouterClient(EngineBalancer):
     away; it returns the current engine URLs, so later aborts reach the replacement.
     """
 
+    # smg's handling of SGLang's batched /generate (per-item rids, a list back) is not verified, so
+    # through the router every sample stays its own request.
+    sends_batches = False
+
     def __init__(self, router_url: str, engines: list[EngineClient], api_key: str | None = None,
                  on_engine_failure: Callable[[], Awaitable[list[str]]] | None = None) -> None:
         super().__init__(engines)

@@ -1,7 +1,7 @@
 """The torch trainer backend: a Hugging Face causal LM on CPU or GPUs, data-parallel over trainer ranks.
 
 It is the reference implementation of ``TrainerBackend``: micro-batches come from the packer (dynamic batch
-size) or a fixed micro-batch size, each micro-batch is right-padded, and every loss term is a partial sum
+size) or a fixed micro-batch size, each is laid out as packed rows (or right-padded), and every loss term is a partial sum
 divided by a normaliser computed once for the whole step, so how samples are packed never changes the
 loss or the gradients.
 
@@ -26,9 +26,12 @@ import torch.nn.functional as F
 
 from kuberl.worker.algo import losses
 from kuberl.worker.algo.packing import pack_micro_batches
+from kuberl.worker.levers import Levers
 from kuberl.worker.train.backend import common_backend_fields, needs_reference_model
 from kuberl.worker.train.batch import TrainSample
 from kuberl.worker.train.dp_shard import Shard, shard_for_rank, unshard
+from kuberl.worker.train.row_packing import RowLayout, plan_rows, row_tensors, row_width
+from kuberl.worker.train.token_logprobs import token_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +172,16 @@ def split_legacy_optimizer_state(
     }
 
 
+def response_head(model: torch.nn.Module) -> torch.nn.Linear | None:
+    """The output layer when logits are exactly ``lm_head(hidden)`` (so it can run on response positions
+    alone), else None: soft-capped or scaled logits (Gemma, Cohere) keep the model's own forward."""
+    head = model.get_output_embeddings()
+    cfg = model.config
+    plain = type(head) is torch.nn.Linear and not getattr(cfg, "final_logit_softcapping", None) and (
+        getattr(cfg, "logit_scale", None) in (None, 1.0)) and hasattr(model, model.base_model_prefix)
+    return head if plain else None
+
+
 def pick_device(choice: str) -> torch.device:
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -201,6 +214,7 @@ class TorchBackend:
         from transformers import AutoModelForCausalLM
 
         self.config = config
+        self.levers = Levers.from_env()
         self.device = pick_device(config.device)
         self.dp_rank, self.dp_size = dp_rank_and_size()
         if config.dtype:
@@ -250,30 +264,57 @@ class TorchBackend:
     def _forward(
         self, model: torch.nn.Module, samples: Sequence[TrainSample], with_entropy: bool
     ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
-        """Right-pad one micro-batch; return per-sample response logprobs (R,) and entropies (R,)."""
-        B = len(samples)
-        T = max(s.num_tokens for s in samples)
-        input_ids = torch.zeros(B, T, dtype=torch.long)
-        attention = torch.zeros(B, T, dtype=torch.long)
+        """One micro-batch -> per-sample response logprobs (R,) and entropies (R,).
+
+        Packed rows (``Levers.packed_sequences``) or right-padded rows; then the output layer on the
+        response positions only, chunked (``Levers.response_logits``), or full logits. All four ways
+        give the same values (tests/worker/train/test_torch_backend_packed.py).
+        """
+        lengths = [s.num_tokens for s in samples]
+        tokens = [s.tokens for s in samples]
+        if self.levers.packed_sequences:
+            impl = getattr(model.config, "_attn_implementation", None)
+            layout = plan_rows(lengths, row_width(lengths, impl, sum(lengths)))
+            input_ids, positions = row_tensors(tokens, layout)
+            inputs = {"input_ids": input_ids.to(self.device), "position_ids": positions.to(self.device)}
+        else:
+            layout = RowLayout([[i] for i in range(len(samples))], max(lengths))
+            input_ids = torch.zeros(len(samples), layout.width, dtype=torch.long)
+            attention = torch.zeros(len(samples), layout.width, dtype=torch.long)
+            for i, s in enumerate(samples):
+                input_ids[i, : s.num_tokens] = torch.tensor(s.tokens)
+                attention[i, : s.num_tokens] = 1
+            inputs = {"input_ids": input_ids.to(self.device), "attention_mask": attention.to(self.device)}
+        # Token t is predicted by position t-1: response tokens P..P+R-1 use positions P-1..P+R-2.
+        offsets = layout.offsets(lengths)
+        width = input_ids.shape[1]
+        where, targets = [], []
         for i, s in enumerate(samples):
-            input_ids[i, : s.num_tokens] = torch.tensor(s.tokens)
-            attention[i, : s.num_tokens] = 1
-        input_ids, attention = input_ids.to(self.device), attention.to(self.device)
-        logits = model(input_ids=input_ids, attention_mask=attention).logits  # (B, T, V)
-        if logits.dtype != torch.float64:
-            logits = logits.float()
-        if self.config.temperature != 1.0:
-            logits = logits / self.config.temperature
-        logprobs, entropies = [], [] if with_entropy else None
-        for i, s in enumerate(samples):
-            # Token t is predicted by position t-1: response tokens P..P+R-1 use logits P-1..P+R-2.
-            resp_logits = logits[i, s.prompt_len - 1 : s.num_tokens - 1]  # (R, V)
-            targets = input_ids[i, s.prompt_len : s.num_tokens]  # (R,)
-            log_softmax = F.log_softmax(resp_logits, dim=-1)
-            logprobs.append(log_softmax.gather(-1, targets[:, None]).squeeze(-1))
-            if entropies is not None:
-                entropies.append(-(log_softmax.exp() * log_softmax).sum(-1))
-        return logprobs, entropies
+            row, col = offsets[i]
+            first = row * width + col
+            where.append(torch.arange(first + s.prompt_len - 1, first + s.num_tokens - 1))
+            targets.append(torch.tensor(s.tokens[s.prompt_len :], dtype=torch.long))
+        where_t = torch.cat(where).to(self.device)  # (N,)
+        target_t = torch.cat(targets).to(self.device)  # (N,)
+        head = response_head(model) if self.levers.response_logits else None
+        if head is not None:
+            base = getattr(model, model.base_model_prefix)
+            hidden = base(**inputs, use_cache=False).last_hidden_state  # (rows, W, H)
+            picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, where_t)  # (N, H)
+            lp, ent = token_logprobs(picked, head, target_t, temperature=self.config.temperature)
+        else:
+            logits = model(**inputs, use_cache=False).logits  # (rows, W, V)
+            picked = logits.reshape(-1, logits.shape[-1]).index_select(0, where_t)  # (N, V)
+            if picked.dtype != torch.float64:
+                picked = picked.float()
+            if self.config.temperature != 1.0:
+                picked = picked / self.config.temperature
+            log_softmax = F.log_softmax(picked, dim=-1)
+            lp = log_softmax.gather(-1, target_t[:, None]).squeeze(-1)
+            ent = -(log_softmax.exp() * log_softmax).sum(-1)
+        sizes = [s.response_len for s in samples]
+        logprobs = list(lp.split(sizes))
+        return logprobs, (list(ent.split(sizes)) if with_entropy else None)
 
     # ---- protocol ----------------------------------------------------------------------------------
     @torch.no_grad()
