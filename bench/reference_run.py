@@ -247,7 +247,8 @@ def plan_lines(opts: RunOptions, changes: list[Change], summary: dict[str, Any],
         f"{config.recompute}, {config.algorithm['advantage_estimator']} eps {config.algorithm['eps_clip']}/"
         f"{config.algorithm['eps_clip_high']}, adam lr {config.optimizer['lr']}, rm {config.rm_type}, "
         f"dynamic sampling {'on' if config.dynamic_sampling_filter_path else 'off (as the manifest)'}")
-    lines.append("placement (plan_placement, GPU bundles):")
+    where = " (this CPU run gets one CPU bundle per rank and engine)" if opts.device == "cpu" else ""
+    lines.append(f"placement (plan_placement, GPU bundles){where}:")
     lines.append(f"  trainer: {s['trainer_ranks']} ranks on {s['trainer_gpus']} GPUs, {s['trainer_backend']}: "
                  f"TP {s['tp']} x CP {s['cp']} x PP {s['pp']} -> DP {s['dp']}, sequence parallel "
                  f"{'on' if s['sequence_parallel'] else 'off'}; bundle {s['trainer_bundles'][0]}")
