@@ -45,7 +45,7 @@ from kuberl.worker.console import (
 from kuberl.worker.engine.host import EngineHost
 from kuberl.worker.engine.launcher import seeded_sampling
 from kuberl.worker.import_path import load_callable
-from kuberl.worker.local_ray import prepare_local_ray
+from kuberl.worker.local_ray import init_local_ray, prepare_local_ray
 from kuberl.worker.metrics import MetricsExporter
 from kuberl.worker.placement import create_placement_groups, plan_placement
 from kuberl.worker.progress import ProgressReport, StatusReporter, in_cluster_target
@@ -228,14 +228,11 @@ class Driver:
             # A local Ray listens on loopback only (prepare_local_ray), and its processes inherit an ignored
             # SIGINT: a Ctrl-C (sent to the whole process group) reaches this driver alone, which stops them.
             with _sigint_ignored(local):
-                ray.init(
-                    address=self.options.ray_address,
-                    include_dashboard=False,
-                    log_to_driver=True,
-                    configure_logging=False,
-                    num_cpus=None if self.options.ray_address
-                    else max(2, os.cpu_count() or 2, int(needed)),
-                )
+                kwargs = dict(include_dashboard=False, log_to_driver=True, configure_logging=False)
+                if local:
+                    init_local_ray(num_cpus=max(2, os.cpu_count() or 2, int(needed)), **kwargs)
+                else:
+                    ray.init(address=self.options.ray_address, **kwargs)
         groups = create_placement_groups(plan)
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 

@@ -14,6 +14,7 @@ import os
 import secrets
 import sys
 from collections.abc import MutableMapping
+from typing import Any
 
 LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
@@ -47,3 +48,27 @@ def prepare_local_ray() -> None:
 
         Config.initialize("")
         AuthenticationTokenLoader.instance().reset_cache()
+
+
+STARTUP_TIMEOUT = "timed out during startup"  # Ray's message when its raylet missed the fixed 30 s wait
+
+
+def init_local_ray(attempts: int = 3, **init_kwargs: Any) -> None:
+    """``ray.init`` for a local run, retried when Ray's node misses its start-up window.
+
+    Ray 2.60 gives a new raylet a fixed 30 s to register (and its agent 15 s to report a port); on a loaded
+    laptop or CI runner that runs out now and then, and one more try almost always succeeds. Any other
+    failure is raised at once.
+    """
+    import ray
+
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(**init_kwargs)
+            return
+        except Exception as exc:  # Ray raises a bare Exception here
+            if STARTUP_TIMEOUT not in str(exc) or attempt == attempts:
+                raise
+            ray.shutdown()
+            print(f"kuberl: Ray's local node did not come up in Ray's fixed start-up window (a busy machine?); "
+                  f"trying again ({attempt + 1}/{attempts})", file=sys.stderr, flush=True)

@@ -68,3 +68,42 @@ def test_local_ray_sits_on_loopback_and_refuses_a_caller_without_the_token(order
     lines = dict(line.split(" ", 1) for line in out.stdout.splitlines() if line.split(" ", 1)[0] in
                  ("without", "with", "node"))
     assert lines == {"without": "UNAUTHENTICATED", "with": "OK", "node": "127.0.0.1"}, out.stdout
+
+
+def test_a_node_that_misses_rays_start_up_window_is_started_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
+    from kuberl.worker.local_ray import init_local_ray
+
+    calls: list[dict] = []
+
+    def flaky_init(**kwargs: object) -> None:
+        calls.append(kwargs)
+        if len(calls) < 3:
+            raise Exception("The current node timed out during startup. This could happen because ...")
+
+    monkeypatch.setattr(ray, "init", flaky_init)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    init_local_ray(num_cpus=2)
+    assert calls == [{"num_cpus": 2}] * 3
+    calls.clear()
+    with pytest.raises(Exception, match="timed out during startup"):
+        init_local_ray(attempts=2, num_cpus=2)
+    assert len(calls) == 2
+
+
+def test_other_ray_start_failures_are_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
+    from kuberl.worker.local_ray import init_local_ray
+
+    calls = []
+
+    def broken(**kwargs: object) -> None:
+        calls.append(kwargs)
+        raise ValueError("num_cpus must be positive")
+
+    monkeypatch.setattr(ray, "init", broken)
+    with pytest.raises(ValueError):
+        init_local_ray(num_cpus=-1)
+    assert len(calls) == 1
