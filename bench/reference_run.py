@@ -481,16 +481,14 @@ def start_local_ray(layout: dict[str, Any]) -> None:
 
     from kuberl.errors import KuberlError
     from kuberl.ray_resources import ROLLOUT_RESOURCE, TRAINER_RESOURCE
-    from kuberl.worker.local_ray import prepare_local_ray
+    from kuberl.worker.local_ray import init_local_ray, prepare_local_ray
 
     have = torch.cuda.device_count()
     if have < layout["total_gpus"]:
         raise KuberlError(f"this layout needs {layout['total_gpus']} GPUs, the host has {have}; "
                           "use --scale 2gpu, or a machine with more GPUs")
     prepare_local_ray()
-    import ray
-
-    ray.init(num_cpus=max(8, os.cpu_count() or 8), num_gpus=layout["total_gpus"],
+    init_local_ray(num_cpus=max(8, os.cpu_count() or 8), num_gpus=layout["total_gpus"],
              resources={TRAINER_RESOURCE: float(layout["trainer_gpus"]),
                         ROLLOUT_RESOURCE: float(max(layout["rollout_gpus"], 0.01))},
              include_dashboard=False, log_to_driver=True, configure_logging=False)
