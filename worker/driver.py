@@ -88,6 +88,9 @@ class DriverOptions:
     # Called with the history after every rollout; True ends the run there (benchmarks: a reward target).
     stop_when: Callable[[list[dict[str, float]]], bool] | None = None
     ray_address: str | None = None  # None: start a local Ray; "auto": join the cluster
+    # GPU bundles (plan_placement's use_gpus): None = in a cluster only; True = a local Ray that holds this
+    # host's GPUs and the pods' custom resources (bench/reference_run.py: one host, the cluster's layout).
+    use_gpus: bool | None = None
 
 
 def rollout_metrics(result: RolloutResult, max_response_len: int, num_engines: int) -> dict[str, float]:
@@ -204,7 +207,8 @@ class Driver:
         self.transport = choose_transport(self.config, os.environ.get("KUBERL_WEIGHT_SYNC"))
         self._disk_dir = (disk_sync_dir(self.config, in_cluster=options.in_cluster, run_dir=self.run_dir)
                           if self.transport == "disk" else None)
-        self._use_gpus = options.in_cluster and self.config.device != "cpu"
+        gpus = options.in_cluster if options.use_gpus is None else options.use_gpus
+        self._use_gpus = gpus and self.config.device != "cpu"
         self._released = False
         self._engine_epoch = 0  # bumped when an engine is replaced: the weight group is formed anew
         self._engine_strategies: list[Any] = []
@@ -536,7 +540,9 @@ class Driver:
             if not result.groups:
                 log.info("prompt data exhausted at rollout %d", rollout_id)
                 break
-            metrics.update(rollout_metrics(result, c.max_response_len, c.num_engines))
+            # per rollout GPU on GPUs (an engine of gpusPerEngine 2 is two GPUs), per engine on CPU
+            devices = c.rollout_num_gpus if self._use_gpus else c.num_engines
+            metrics.update(rollout_metrics(result, c.max_response_len, devices))
             self._log_samples(rollout_id, result.groups)
             self._release_engines()
             metrics.update(self._train(result.groups))

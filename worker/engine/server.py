@@ -49,6 +49,7 @@ class EngineArgs:
     api_key: str | None = None
     served_model_name: str | None = None
     enable_deterministic_inference: bool = False
+    load_format: str = "auto"  # "dummy": random weights of the config (SGLang's flag, throughput runs)
 
 
 class EmbeddedEngine(WeightRoutes):
@@ -59,7 +60,12 @@ class EmbeddedEngine(WeightRoutes):
 
         self.args = args
         dtype = getattr(torch, args.dtype)
-        self.model = AutoModelForCausalLM.from_pretrained(args.model_path, dtype=dtype)
+        if args.load_format == "dummy":
+            from kuberl.worker.random_init import random_hf_model
+
+            self.model = random_hf_model(args.model_path, dtype, seed=args.random_seed)
+        else:
+            self.model = AutoModelForCausalLM.from_pretrained(args.model_path, dtype=dtype)
         self.model.to(args.device).eval()
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(args.model_path)
@@ -437,6 +443,7 @@ def parse_args(argv: list[str] | None = None) -> EngineArgs:
     p.add_argument("--api-key", default=None)
     p.add_argument("--served-model-name", default=None)
     p.add_argument("--enable-deterministic-inference", action="store_true")
+    p.add_argument("--load-format", default="auto", choices=["auto", "dummy"])
     known, unknown = p.parse_known_args(argv)
     if unknown:
         log.warning("ignoring SGLang arguments the embedded engine does not implement: %s", unknown)

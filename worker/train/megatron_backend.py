@@ -32,6 +32,7 @@ from kuberl.worker.algo.packing import (
     pack_sequences,
     plan_step,
 )
+from kuberl.worker.random_init import wants_random_init
 from kuberl.worker.train.backend import common_backend_fields, needs_reference_model
 from kuberl.worker.train.batch import TrainSample
 from kuberl.worker.train.dp_shard import shard_for_rank
@@ -220,8 +221,12 @@ class MegatronBackend:
         self.shape.check_tensor_parallel(self.par.tp)
 
         self.model = self._build(trainable=True)
+        # A throughput run's weightless model (kuberl.worker.random_init) keeps megatron's seeded init.
+        random_init = wants_random_init(config.hf_checkpoint)
         if is_dist_checkpoint(config.ref_load):
             self._load_model_dist(self.model.module, Path(config.ref_load))  # type: ignore[arg-type]
+        elif random_init:
+            log.warning("%s: random init (no weights, random-init marker)", config.hf_checkpoint)
         else:
             load_hf_weights(self.model.module, self.shape, config.hf_checkpoint, self.tp_rank, self.par.tp)
         self.ref_model = None
@@ -231,8 +236,9 @@ class MegatronBackend:
                 self._load_model_dist(self.ref_model, Path(config.ref_load))  # type: ignore[arg-type]
             else:
                 source = config.ref_load if config.ref_load and Path(config.ref_load).is_dir() else None
-                load_hf_weights(self.ref_model, self.shape, source or config.hf_checkpoint,
-                                self.tp_rank, self.par.tp)
+                if source is not None or not random_init:
+                    load_hf_weights(self.ref_model, self.shape, source or config.hf_checkpoint,
+                                    self.tp_rank, self.par.tp)
             self.ref_model.eval().requires_grad_(False)
         self.optimizer = self._build_optimizer()
         # The DDP buffers copied params at construction; the distributed optimizer keeps fp32 main

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from kuberl.worker.algo import losses
 from kuberl.worker.algo.packing import pack_micro_batches
 from kuberl.worker.levers import Levers
+from kuberl.worker.random_init import random_hf_model, wants_random_init
 from kuberl.worker.train.backend import common_backend_fields, needs_reference_model
 from kuberl.worker.train.batch import TrainSample
 from kuberl.worker.train.dp_shard import Shard, shard_for_rank, unshard
@@ -221,16 +222,23 @@ class TorchBackend:
             dtype = getattr(torch, config.dtype)
         else:
             dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        self.model = AutoModelForCausalLM.from_pretrained(config.hf_checkpoint, dtype=dtype)
+        random_init = wants_random_init(config.hf_checkpoint)  # a throughput run's weightless model
+        if random_init:
+            self.model = random_hf_model(config.hf_checkpoint, dtype, seed=0)
+        else:
+            self.model = AutoModelForCausalLM.from_pretrained(config.hf_checkpoint, dtype=dtype)
         self.model.to(self.device).train()
         if self.dp_size > 1:
             self._broadcast_weights()
         self.ref_model = None
         if needs_reference_model(config.loss, config.reward_kl_coef):
             source = config.ref_load if config.ref_load and Path(config.ref_load).is_dir() else None
-            self.ref_model = AutoModelForCausalLM.from_pretrained(
-                source or config.hf_checkpoint, dtype=dtype
-            ).to(self.device).eval()
+            if random_init and source is None:
+                self.ref_model = random_hf_model(config.hf_checkpoint, dtype, seed=0).to(self.device).eval()
+            else:
+                self.ref_model = AutoModelForCausalLM.from_pretrained(
+                    source or config.hf_checkpoint, dtype=dtype
+                ).to(self.device).eval()
             self.ref_model.requires_grad_(False)
         opt = config.optimizer
         groups = param_groups(self.model, opt["weight_decay"])

@@ -160,6 +160,25 @@ class TrainerActor:
             digest.update(t.view(-1).view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()
 
+    def memory_stats(self, reset: bool = False) -> dict[str, Any]:
+        """This rank's peak memory since the last reset: CUDA allocator peaks, or the process's peak RSS
+        on CPU (benchmarks report it per role); ``reset`` starts a new CUDA peak window."""
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            out: dict[str, Any] = {
+                "kind": "cuda", "device": torch.cuda.get_device_name(),
+                "max_allocated_gb": torch.cuda.max_memory_allocated() / 2**30,
+                "max_reserved_gb": torch.cuda.max_memory_reserved() / 2**30,
+                "total_gb": torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30,
+            }
+            if reset:
+                torch.cuda.reset_peak_memory_stats()
+            return out
+        import resource
+
+        rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB
+        return {"kind": "host_rss", "device": "cpu", "max_allocated_gb": rss_kb / 2**20,
+                "max_reserved_gb": rss_kb / 2**20, "total_gb": None}
+
     def ping(self) -> bool:
         return True
 

@@ -182,6 +182,11 @@ class TrainerGroup:
         self._all("load", directory)
 
     @group_method
+    def memory_stats(self, reset: bool = False) -> list[dict[str, Any]]:
+        """Every rank's peak memory (``TrainerActor.memory_stats``), in rank order."""
+        return self._all("memory_stats", reset)
+
+    @group_method
     def ping(self) -> bool:
         return all(self._all("ping"))
 
