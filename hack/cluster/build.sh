@@ -93,11 +93,15 @@ mkdir -p "$root/crds/kuberay"
 install -m 0644 "$kuberay_dir"/config/crd/bases/ray.io_*.yaml "$root/crds/kuberay/"
 
 # Kueue: same contract as KubeRay (best effort; tests marked for Kueue fail under CI when the binary is missing).
-if go_build kueue "$here/kueue" "-s -w" "$KUEUE_MODULE/cmd/kueue"; then
+if go_build kueue "$here/kueue" "-s -w -X $KUEUE_MODULE/pkg/version.GitVersion=$KUEUE_VERSION" \
+    "$KUEUE_MODULE/cmd/kueue"; then
   kueue_dir="$(cd "$here/kueue" && go mod download -json "$KUEUE_MODULE@$KUEUE_VERSION" |
     sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
   mkdir -p "$root/crds/kueue"
   install -m 0644 "$kueue_dir"/config/components/crd/bases/*.yaml "$root/crds/kueue/"
+  # Its webhook configurations (service-based); kuberl.devcluster.kueue rewrites them to loopback URLs.
+  mkdir -p "$root/kueue"
+  install -m 0644 "$kueue_dir/config/components/webhook/manifests.yaml" "$root/kueue/webhooks.yaml"
 else
   log "kueue: controller manager not available; tests that need Kueue skip locally and fail under CI"
 fi
