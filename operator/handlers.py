@@ -25,6 +25,8 @@ from kuberl.operator import labels, metrics, names
 from kuberl.operator.apply import ApiError, Kube, TransientApiError
 from kuberl.operator.kueue import (
     JOB_UID_LABEL,
+    WORKLOAD_GROUP,
+    WORKLOAD_VERSIONS,
     QueueRef,
     queue_of,
     workload_activation,
@@ -318,6 +320,24 @@ async def rayjob_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -
         await reconcile(job, memo, rayjob=dict(body), apply=False)
 
 
+async def workload_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    """Kueue changed the Workload of one of our RayJobs (admitted, pending with a new reason, evicted):
+    fold it into the job's status at once instead of at the next resync."""
+    meta = body["metadata"]
+    owner = next((o for o in meta.get("ownerReferences") or []
+                  if o.get("kind") == "RayJob" and o.get("apiVersion", "").startswith("ray.io/")), None)
+    if owner is None:
+        return
+    rayjob = await memo.kube.get(RAYJOB_API_VERSION, "RayJob", meta["namespace"], owner["name"])
+    job_name = (((rayjob or {}).get("metadata") or {}).get("labels") or {}).get(labels.JOB_NAME)
+    if rayjob is None or not job_name or (rayjob["metadata"].get("labels") or {}).get(
+            labels.MANAGED_BY) != labels.MANAGER:
+        return
+    job = await memo.kube.get_job(meta["namespace"], job_name)
+    if job is not None:
+        await reconcile(job, memo, rayjob=rayjob, apply=False)
+
+
 async def pod_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
     """A pod of a job changed: a pod that cannot start (or recovers) updates the job's status at once.
 
@@ -367,4 +387,6 @@ def register(registry: kopf.OperatorRegistry) -> kopf.OperatorRegistry:
     kopf.on.event(
         "ray.io", "v1", "rayjobs", labels={labels.MANAGED_BY: labels.MANAGER}, registry=registry
     )(rayjob_event)
+    # Kueue's Workloads (absent without Kueue: kopf then only warns that it cannot serve them).
+    kopf.on.event(WORKLOAD_GROUP, WORKLOAD_VERSIONS[0], "workloads", registry=registry)(workload_event)
     return registry

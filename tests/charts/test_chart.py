@@ -145,7 +145,7 @@ def test_rbac_is_least_privilege(render, value_set: str) -> None:
     assert grants[("", "events")] == {"create"}  # kopf.event posts core/v1 Events
     assert grants[("", "pods")] == {"list", "watch"}  # read-only: explains pods that do not start
     assert grants[("apps", "deployments")] == {"list"}  # which namespaces KubeRay watches
-    assert grants[("kueue.x-k8s.io", "workloads")] == {"list", "patch"}  # queue reason; spec.suspend
+    assert grants[("kueue.x-k8s.io", "workloads")] == {"list", "watch", "patch"}  # queue reason; suspend
 
 
 def test_operator_rbac_covers_the_driver_role_it_creates(render) -> None:

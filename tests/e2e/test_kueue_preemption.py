@@ -60,7 +60,7 @@ def tiny_manifest(build: Path, shared: Path) -> dict[str, Any]:
     spec["model"]["hfCheckpoint"] = str(build / "model")
     spec["rollout"].update(promptData=str(build / "train.jsonl"), numRollout=NUM_ROLLOUT,
                            batchSize=BATCH, shuffle=True, seed=SEED)
-    spec["eval"] = {"interval": None, "datasets": []}
+    spec["eval"] = {"datasets": []}  # no evaluation (a null interval is not valid YAML for the CRD)
     spec["checkpoint"] = {"save": str(shared / "checkpoints"), "saveInterval": SAVE_EVERY}
     spec["cluster"] = {"queueName": "h100", "storage": {"claimName": "shared", "mountPath": str(shared)},
                        "tolerations": [t for t in FAKE_NODE_TOLERATIONS
