@@ -35,9 +35,10 @@ import yaml
 from kuberl.api import parse_job
 from kuberl.devcluster import FAKE_NODE_TOLERATIONS, KUBERAY_NAMESPACE
 from kuberl.operator.render import JOB_CONFIG_KEY, render_config_map
+from kuberl.ray_resources import ROLLOUT_RESOURCE, TRAINER_RESOURCE
 from kuberl.worker.data.cursor import PromptCursor
 from tests.e2e.conftest import ROOT
-from tests.e2e.test_cluster_mode import RAY_ENV, ray_cluster  # noqa: F401  (fixture)
+from tests.e2e.test_cluster_mode import RAY_ENV
 from tests.operator.conftest import Kubectl, OperatorProcess, wait_for
 from tests.operator.test_kueue_real import job_manifest, pool_objects, ray_cluster_of, status
 
@@ -129,6 +130,33 @@ class Driver:
 
 
 @pytest.fixture
+def ray_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A Ray head and two worker nodes advertising the trainer and rollout resources, as the
+    operator's pods do (tests/e2e/test_cluster_mode.py's layout). Ray gives a raylet a fixed 30 s to
+    register; on a loaded 2-core machine that can run out, so the start is tried three times."""
+    for key, value in RAY_ENV.items():
+        monkeypatch.setenv(key, value)
+    from ray.cluster_utils import Cluster
+
+    for attempt in range(3):
+        cluster = Cluster(initialize_head=True,
+                          head_node_args={"num_cpus": 1, "include_dashboard": False})
+        try:
+            cluster.add_node(num_cpus=2, resources={TRAINER_RESOURCE: 1})
+            cluster.add_node(num_cpus=2, resources={ROLLOUT_RESOURCE: 1})
+            cluster.wait_for_nodes(timeout=600)
+            break
+        except Exception:
+            cluster.shutdown()
+            if attempt == 2:
+                raise
+    try:
+        yield cluster.address
+    finally:
+        cluster.shutdown()
+
+
+@pytest.fixture
 def kc(kueue_cluster: Any) -> Iterator[Kubectl]:
     kc = Kubectl(str(kueue_cluster.kubeconfig), NS, kueue_cluster.kubectl_binary)
     kc.apply(pool_objects(NS))
@@ -147,7 +175,7 @@ def operator(kueue_cluster: Any, kc: Kubectl, tmp_path: Path) -> Iterator[Operat
 
 
 def test_preempted_job_resumes_from_its_newest_checkpoint_without_losing_or_repeating_rollouts(
-    kueue_cluster: Any, kc: Kubectl, operator: OperatorProcess, ray_cluster: str,  # noqa: F811
+    kueue_cluster: Any, kc: Kubectl, operator: OperatorProcess, ray_cluster: str,
     easy_tiny_build: Path, tmp_path: Path,
 ) -> None:
     shared = tmp_path / "shared"
