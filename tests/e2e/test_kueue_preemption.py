@@ -133,22 +133,22 @@ class Driver:
 def ray_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A Ray head and two worker nodes advertising the trainer and rollout resources, as the
     operator's pods do (tests/e2e/test_cluster_mode.py's layout). Ray gives a raylet a fixed 30 s to
-    register; on a loaded 2-core machine that can run out, so the start is tried three times."""
+    register; on a loaded 2-core machine that can run out, so the start is tried four times."""
     for key, value in RAY_ENV.items():
         monkeypatch.setenv(key, value)
     from ray.cluster_utils import Cluster
 
-    for attempt in range(3):
-        cluster = Cluster(initialize_head=True,
-                          head_node_args={"num_cpus": 1, "include_dashboard": False})
+    for attempt in range(4):
+        cluster = Cluster()
         try:
+            cluster.add_node(num_cpus=1, include_dashboard=False)  # the head
             cluster.add_node(num_cpus=2, resources={TRAINER_RESOURCE: 1})
             cluster.add_node(num_cpus=2, resources={ROLLOUT_RESOURCE: 1})
             cluster.wait_for_nodes(timeout=600)
             break
         except Exception:
             cluster.shutdown()
-            if attempt == 2:
+            if attempt == 3:
                 raise
     try:
         yield cluster.address
