@@ -131,9 +131,9 @@ class Driver:
 
 @pytest.fixture
 def ray_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A Ray head and two worker nodes advertising the trainer and rollout resources, as the
-    operator's pods do (tests/e2e/test_cluster_mode.py's layout). Ray gives a raylet a fixed 30 s to
-    register; on a loaded 2-core machine that can run out, so the start is tried four times."""
+    """One Ray node advertising both the trainer and the rollout resource (the operator's pods each
+    advertise one; tests/e2e/test_cluster_mode.py covers separate raylets). Ray gives a raylet a
+    fixed 30 s to register, which a loaded 2-core machine can exceed, so the start is retried."""
     for key, value in RAY_ENV.items():
         monkeypatch.setenv(key, value)
     from ray.cluster_utils import Cluster
@@ -141,9 +141,8 @@ def ray_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     for attempt in range(4):
         cluster = Cluster()
         try:
-            cluster.add_node(num_cpus=1, include_dashboard=False)  # the head
-            cluster.add_node(num_cpus=2, resources={TRAINER_RESOURCE: 1})
-            cluster.add_node(num_cpus=2, resources={ROLLOUT_RESOURCE: 1})
+            cluster.add_node(num_cpus=4, include_dashboard=False,
+                             resources={TRAINER_RESOURCE: 1, ROLLOUT_RESOURCE: 1})
             cluster.wait_for_nodes(timeout=600)
             break
         except Exception:
