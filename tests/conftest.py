@@ -15,13 +15,15 @@ build is best effort: without its binary those tests skip on a developer machine
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
-from kuberl.devcluster import Cluster, attach, find_binaries, start_cluster, stop_cluster
+from kuberl.devcluster import Binaries, Cluster, attach, find_binaries, start_cluster, stop_cluster
 from kuberl.devcluster.kueue import require_kueue
 from kuberl.errors import ClusterError
 
@@ -73,6 +75,19 @@ def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         stop_cluster(cluster.state)
 
 
+def running_job_pod_stages(binaries: Binaries, directory: Path) -> Path:
+    """kwok's stages without ``pod-complete``: pods of batch Jobs keep Running. KubeRay's submitter
+    (a Job in K8sJobMode) runs ``ray job submit`` for as long as the Ray job runs; completed at once,
+    KubeRay fails the RayJob 30 s later ("the RayJob submitter finished ... but the ray job did not
+    reach terminal state"), which would end every queued job before it could be preempted."""
+    docs = [d for d in yaml.safe_load_all(binaries.kwok_stages.read_text()) if d]
+    kept = [d for d in docs if d["metadata"]["name"] != "pod-complete"]
+    assert len(kept) == len(docs) - 1, "kwok's stages no longer have pod-complete"
+    path = directory / "kwok-stages.yaml"
+    path.write_text(yaml.safe_dump_all(kept))
+    return path
+
+
 @pytest.fixture(scope="session")
 def kueue_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A control plane of its own with real Kueue (v0.17, RayJob integration) and the real KubeRay
@@ -94,9 +109,11 @@ def kueue_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]
         if os.environ.get("CI"):
             pytest.fail(f"CI must run the Kueue tests: {missing}", pytrace=False)
         pytest.skip(missing)
-    cluster = start_cluster(tmp_path_factory.mktemp("kueue-cluster"), nodes=CLUSTER_NODES,
-                            kuberay_operator=True, kueue_manager=True, remove_on_stop=False,
-                            die_with_parent=True, timeout=180)
+    directory = tmp_path_factory.mktemp("kueue-cluster")
+    cluster = start_cluster(directory, nodes=CLUSTER_NODES, kuberay_operator=True,
+                            kueue_manager=True, remove_on_stop=False, die_with_parent=True,
+                            timeout=180, binaries=dataclasses.replace(
+                                binaries, kwok_stages=running_job_pod_stages(binaries, directory)))
     try:
         yield cluster
     finally:
