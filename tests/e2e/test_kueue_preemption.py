@@ -158,11 +158,14 @@ def ray_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 @pytest.fixture
 def kc(kueue_cluster: Any) -> Iterator[Kubectl]:
     kc = Kubectl(str(kueue_cluster.kubeconfig), NS, kueue_cluster.kubectl_binary)
-    kc.apply(pool_objects(NS))
+    kc.apply(pool_objects(NS), "--force-conflicts")  # other tests applied it too
     yield kc
     kc.run("delete", "rltj", "--all", "--wait=false", check=False)
     kc.run("delete", "pvc", "shared", "--wait=false", check=False)
     kc.run("delete", "pv", "tiny-queued-shared", "--wait=false", check=False)
+    # The next queue test in this session needs the pool's quota free again.
+    wait_for(lambda: not kc.list("rayjobs") and not kc.list("workloads"), timeout=90,
+             interval=0.5, what="the e2e's RayJobs and Workloads to be gone")
 
 
 @pytest.fixture

@@ -59,7 +59,7 @@ def job_manifest(name: str, *, trainer_gpus: int = 4, rollout_gpus: int = 4,
 @pytest.fixture(scope="module")
 def kc(kueue_cluster: Any) -> Iterator[Kubectl]:
     kc = Kubectl(str(kueue_cluster.kubeconfig), KUBERAY_NAMESPACE, kueue_cluster.kubectl_binary)
-    kc.apply(pool_objects(KUBERAY_NAMESPACE))
+    kc.apply(pool_objects(KUBERAY_NAMESPACE), "--force-conflicts")  # other tests applied it too
     yield kc
 
 
