@@ -9,6 +9,7 @@ scheduler running out of GPUs. Ray never runs on kwok pods, so an admitted job s
 from __future__ import annotations
 
 import copy
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -143,6 +144,19 @@ def test_two_8_gpu_jobs_one_runs_one_waits_with_kueues_reason_until_the_first_is
     assert rayjob is not None and rayjob["spec"]["suspend"] is True
     assert rayjob["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == QUEUE
     assert not pods_of(kc, "second") and not ray_cluster_of(kc, "second")
+    # A spec change re-applies the RayJob (server-side apply): it must stay suspended, because
+    # kuberl's applied field set never held `suspend` (the RayJob was created suspended by POST).
+    fields = json.loads(kc.run("get", "rayjob", "second", "-o", "json",
+                               "--show-managed-fields").stdout)["metadata"]["managedFields"]
+    applied = [m for m in fields
+               if m["manager"] == "kuberl" and m["operation"] == "Apply"]
+    assert applied and "f:suspend" not in applied[0]["fieldsV1"].get("f:spec", {})
+    kc.patch("rltj", "second", {"spec": {"rollout": {"numRollout": 3001}}})
+    wait_for(lambda: (kc.get("configmap", "second-config") or {}).get("data", {}).get(
+        "job.yaml", "").count("3001"), timeout=30, what="the operator to re-apply the children")
+    time.sleep(2)
+    assert (kc.get("rayjob", "second") or {})["spec"]["suspend"] is True
+    assert status(kc, "second")["phase"] == "Queued" and not pods_of(kc, "second")
 
     table = kc.run("get", "rltj").stdout.splitlines()
     assert table[0].split()[:6] == ["NAME", "PHASE", "ROLLOUT", "REWARD", "EVAL", "REASON"]
