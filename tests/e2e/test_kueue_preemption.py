@@ -13,7 +13,10 @@ and this test plays the two things the pods would do:
   them the driver, with no chance to checkpoint).
 
 What differs from a GPU cluster: the driver's process is not literally inside the deleted pod, so the
-kill follows the pod deletion by the poll interval (0.2 s) instead of the kubelet's grace period.
+kill follows the pod deletion by the poll interval (0.2 s) instead of the kubelet's grace period; the
+local Ray cluster is one node carrying both role resources (separate raylets did not start within
+Ray's fixed 30 s on the loaded 2-core machine); kwok keeps KubeRay's submitter pod Running (see
+``running_job_pod_stages`` in tests/conftest.py) as a real ``ray job submit`` would be.
 """
 
 from __future__ import annotations
