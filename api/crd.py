@@ -33,6 +33,8 @@ PRINTER_COLUMNS = [
      "description": "Mean raw reward of the last rollout"},
     {"name": "Eval", "type": "number", "jsonPath": ".status.progress.lastEvalScore",
      "description": "Mean score of the last evaluation"},
+    {"name": "Reason", "type": "string", "jsonPath": ".status.reason",
+     "description": "Why the job is in its phase (e.g. WaitingForAdmission, Preempted in a queue)"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

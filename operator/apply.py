@@ -21,6 +21,7 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from kuberl.api.job import API_VERSION, PLURAL
+from kuberl.operator.kueue import WORKLOAD_GROUP, WORKLOAD_VERSIONS
 from kuberl.operator.labels import MANAGER
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,51 @@ class Kube:
             lambda: self._call(path, "PATCH", body=obj, query=query,
                                content_type="application/apply-patch+yaml")
         )
+
+    async def create(self, obj: dict[str, Any]) -> dict[str, Any] | None:
+        """Create ``obj`` with a plain POST (field manager "kuberl", operation Update); None when it
+        already exists. Used for a queued RayJob, whose first ``suspend: true`` must not become part
+        of kuberl's applied field set (see render.creation_copy)."""
+        meta = obj["metadata"]
+        path = object_path(obj["apiVersion"], obj["kind"], meta["namespace"])
+        query = [("fieldManager", FIELD_MANAGER)]
+
+        async def post() -> dict[str, Any] | None:
+            try:
+                return await self._call(path, "POST", body=obj, query=query,
+                                        content_type="application/json")
+            except ApiException as exc:
+                if exc.status == 409:  # AlreadyExists: the usual case after the first reconcile
+                    return None
+                raise
+
+        return await with_retries(post)
+
+    async def list_workloads(self, namespace: str, selector: str) -> list[dict[str, Any]] | None:
+        """Kueue Workloads in ``namespace`` matching ``selector`` (newest API version first); None when
+        Kueue is not installed or kuberl may not read them (the chart grants get/list/watch)."""
+        for version in WORKLOAD_VERSIONS:
+            path = f"/apis/{WORKLOAD_GROUP}/{version}/namespaces/{namespace}/workloads"
+            try:
+                listing = await with_retries(
+                    lambda path=path: self._call(path, "GET", query=[("labelSelector", selector)]))
+            except ApiError as exc:
+                if exc.status == 404:
+                    continue
+                if exc.status in (401, 403):
+                    log.warning("cannot read Kueue workloads in %s: %s", namespace, exc)
+                    return None
+                raise
+            return list(listing.get("items", []))
+        return None
+
+    async def patch_workload(self, workload: dict[str, Any], patch: dict[str, Any]) -> None:
+        """Merge-patch a Kueue Workload (``spec.active`` follows the job's spec.suspend)."""
+        meta = workload["metadata"]
+        api_version = workload.get("apiVersion") or f"{WORKLOAD_GROUP}/{WORKLOAD_VERSIONS[0]}"
+        path = f"/apis/{api_version}/namespaces/{meta['namespace']}/workloads/{meta['name']}"
+        await with_retries(lambda: self._call(path, "PATCH", body=patch,
+                                              content_type="application/merge-patch+json"))
 
     async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """Return the object, or None when it does not exist."""

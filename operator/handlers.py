@@ -23,8 +23,17 @@ from kuberl.api.status import RLTrainingJobStatus
 from kuberl.errors import SpecError
 from kuberl.operator import labels, metrics, names
 from kuberl.operator.apply import ApiError, Kube, TransientApiError
+from kuberl.operator.kueue import (
+    JOB_UID_LABEL,
+    WORKLOAD_GROUP,
+    WORKLOAD_VERSIONS,
+    QueueRef,
+    queue_of,
+    workload_activation,
+    workload_for,
+)
 from kuberl.operator.metrics import PhaseTracker
-from kuberl.operator.render import RAYJOB_API_VERSION, render_children
+from kuberl.operator.render import RAYJOB_API_VERSION, creation_copy, render_children
 from kuberl.operator.settings import OperatorConfig, configure_kopf
 from kuberl.operator.status import (
     KUBERAY_GRACE_SECONDS,
@@ -101,14 +110,35 @@ async def reconcile(
         await _reconcile(current, memo, rayjob=rayjob, apply=apply)
 
 
+async def _workload(kube: Kube, queue: QueueRef | None, rayjob: dict[str, Any] | None
+                    ) -> dict[str, Any] | None:
+    """The Kueue Workload of a queued job's RayJob (None: not queued, no RayJob, or none yet)."""
+    uid = ((rayjob or {}).get("metadata") or {}).get("uid")
+    if queue is None or not uid:
+        return None
+    namespace = rayjob["metadata"]["namespace"] if rayjob else ""
+    workloads = await kube.list_workloads(namespace, f"{JOB_UID_LABEL}={uid}")
+    return workload_for(workloads or [], rayjob)
+
+
+async def _apply_child(kube: Kube, child: dict[str, Any]) -> dict[str, Any]:
+    """Server-side apply one child; a queued RayJob is first created suspended (creation_copy)."""
+    if child.get("kind") == "RayJob":
+        first = creation_copy(child)
+        if first is not child:
+            await kube.create(first)
+    return await kube.apply(child)
+
+
 async def _diagnosis_inputs(
-    kube: Kube, job: RLTrainingJob, rayjob: dict[str, Any] | None, now: datetime
+    kube: Kube, job: RLTrainingJob, rayjob: dict[str, Any] | None, now: datetime,
+    workload: dict[str, Any] | None = None, queue: QueueRef | None = None,
 ) -> tuple[list[dict[str, Any]], list[str] | None]:
     """Read what explains a waiting job: its pods, and (after the grace period without any RayJob
     status) which namespaces KubeRay watches. Nothing is read for a job that is not waiting."""
     if rayjob is None:
         return [], None
-    if fold_status(job, rayjob, now).phase not in WAITING_PHASES:
+    if fold_status(job, rayjob, now, workload=workload, queue=queue).phase not in WAITING_PHASES:
         return [], None
     meta = job.metadata
     assert meta.namespace is not None
@@ -158,11 +188,22 @@ async def _reconcile(
             if apply:
                 children = render_children(job, config.render_settings())
                 for stage in children.apply_stages():
-                    stored = await asyncio.gather(*(kube.apply(c) for c in stage))
+                    stored = await asyncio.gather(*(_apply_child(kube, c) for c in stage))
                     rayjob = next((o for o in stored if o.get("kind") == "RayJob"), rayjob)
-            pods, watched = await _diagnosis_inputs(kube, job, rayjob, now)
+            queue = _queue(job, config)
+            workload = await _workload(kube, queue, rayjob)
+            activation = workload_activation(queue, workload, suspend=job.spec.suspend)
+            if workload is not None and activation is not None:
+                await kube.patch_workload(workload, activation)
+                await kube.post_event(body, "Normal", "WorkloadDeactivated" if job.spec.suspend
+                                      else "WorkloadActivated",
+                                      f"Kueue Workload {workload['metadata']['name']}: spec.active="
+                                      f"{activation['spec']['active']} (spec.suspend="
+                                      f"{job.spec.suspend})", now)
+            pods, watched = await _diagnosis_inputs(kube, job, rayjob, now, workload, queue)
             await _write_status(kube, body, previous,
-                                fold_status(job, rayjob, now, pods, kuberay_namespaces=watched))
+                                fold_status(job, rayjob, now, pods, kuberay_namespaces=watched,
+                                            workload=workload, queue=queue))
         except TransientApiError as exc:
             outcome.result = metrics.RETRY
             metrics.ERRORS.labels("transient").inc()
@@ -183,12 +224,23 @@ def _admit(job: RLTrainingJob, config: OperatorConfig) -> list[str]:
     Raises:
         SpecError: one ``field: message`` line per admission error.
     """
-    problems = admission_problems(job, gpus_per_node=config.render_settings().gpus_per_node)
+    settings = config.render_settings()
+    queue_of(job, settings.default_queue_name, settings.default_priority_class)  # spec vs label
+    problems = admission_problems(job, gpus_per_node=settings.gpus_per_node)
     admitted_before = job.status is not None and job.status.ray_job_name is not None
     errors = [str(p) for p in problems if p.severity is Severity.ERROR]
     if errors and not admitted_before:
         raise SpecError(errors)
     return [str(p) for p in problems if p.severity is Severity.WARNING]
+
+
+def _queue(job: RLTrainingJob, config: OperatorConfig) -> QueueRef | None:
+    """The job's Kueue queue, with the operator's defaults (a conflict was refused at admission)."""
+    settings = config.render_settings()
+    try:
+        return queue_of(job, settings.default_queue_name, settings.default_priority_class)
+    except SpecError:
+        return None
 
 
 # --- handlers (attached to a registry by `register`) -----------------------------------------------
@@ -268,6 +320,24 @@ async def rayjob_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -
         await reconcile(job, memo, rayjob=dict(body), apply=False)
 
 
+async def workload_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    """Kueue changed the Workload of one of our RayJobs (admitted, pending with a new reason, evicted):
+    fold it into the job's status at once instead of at the next resync."""
+    meta = body["metadata"]
+    owner = next((o for o in meta.get("ownerReferences") or []
+                  if o.get("kind") == "RayJob" and o.get("apiVersion", "").startswith("ray.io/")), None)
+    if owner is None:
+        return
+    rayjob = await memo.kube.get(RAYJOB_API_VERSION, "RayJob", meta["namespace"], owner["name"])
+    job_name = (((rayjob or {}).get("metadata") or {}).get("labels") or {}).get(labels.JOB_NAME)
+    if rayjob is None or not job_name or (rayjob["metadata"].get("labels") or {}).get(
+            labels.MANAGED_BY) != labels.MANAGER:
+        return
+    job = await memo.kube.get_job(meta["namespace"], job_name)
+    if job is not None:
+        await reconcile(job, memo, rayjob=rayjob, apply=False)
+
+
 async def pod_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
     """A pod of a job changed: a pod that cannot start (or recovers) updates the job's status at once.
 
@@ -317,4 +387,6 @@ def register(registry: kopf.OperatorRegistry) -> kopf.OperatorRegistry:
     kopf.on.event(
         "ray.io", "v1", "rayjobs", labels={labels.MANAGED_BY: labels.MANAGER}, registry=registry
     )(rayjob_event)
+    # Kueue's Workloads (absent without Kueue: kopf then only warns that it cannot serve them).
+    kopf.on.event(WORKLOAD_GROUP, WORKLOAD_VERSIONS[0], "workloads", registry=registry)(workload_event)
     return registry

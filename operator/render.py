@@ -18,6 +18,7 @@ import yaml
 from kuberl.api.job import API_VERSION, GROUP, KIND, PLURAL, RLTrainingJob
 from kuberl.api.spec import GpuType, RLTrainingJobSpec
 from kuberl.operator import labels, names
+from kuberl.operator.kueue import queue_of
 from kuberl.ray_resources import ROLLOUT_RESOURCE, TRAINER_RESOURCE
 
 RAYJOB_API_VERSION = "ray.io/v1"
@@ -64,6 +65,8 @@ class RenderSettings:
     head_cpu: str = "4"
     head_memory: str = "16Gi"
     ray_version: str = "2.60.0"
+    default_queue_name: str | None = None  # Kueue LocalQueue for jobs that name none (Helm value)
+    default_priority_class: str | None = None  # Kueue WorkloadPriorityClass for queued jobs
 
 
 @dataclass(frozen=True)
@@ -410,18 +413,29 @@ def render_rayjob(job: RLTrainingJob, settings: RenderSettings | None = None) ->
             "workerGroupSpecs": workers,
         },
     }
-    # With a Kueue queue, Kueue owns `suspend` until admission; we only ever ask for a suspension.
-    if cluster.queue_name is None or spec.suspend:
+    # With a Kueue queue, Kueue owns `suspend`: the RayJob is created suspended (creation_copy) and
+    # never applied with the field, and spec.suspend deactivates the Workload instead (operator.kueue).
+    queue = queue_of(job, settings.default_queue_name, settings.default_priority_class)
+    if queue is None:
         rayjob_spec["suspend"] = spec.suspend
     if cluster.active_deadline_seconds is not None:
         rayjob_spec["activeDeadlineSeconds"] = cluster.active_deadline_seconds
     meta = _metadata(job, names.rayjob_name(job.metadata.name), "rayjob")
-    if cluster.queue_name:
-        meta["labels"][labels.KUEUE_QUEUE_NAME] = cluster.queue_name
-        priority = job.metadata.labels.get(labels.KUEUE_PRIORITY_CLASS)
-        if priority:
-            meta["labels"][labels.KUEUE_PRIORITY_CLASS] = priority
+    if queue is not None:
+        meta["labels"][labels.KUEUE_QUEUE_NAME] = queue.name
+        if queue.priority_class:
+            meta["labels"][labels.KUEUE_PRIORITY_CLASS] = queue.priority_class
     return {"apiVersion": RAYJOB_API_VERSION, "kind": "RayJob", "metadata": meta, "spec": rayjob_spec}
+
+
+def creation_copy(rayjob: dict[str, Any]) -> dict[str, Any]:
+    """The RayJob as first created: a queued one (Kueue label, no ``suspend`` in the applied spec)
+    starts suspended, so nothing runs before Kueue admits the whole gang. It is created with a plain
+    POST, not server-side apply, so kuberl's applied field set never contains ``suspend`` and later
+    applies cannot unsuspend it; Kueue flips it on admission and eviction."""
+    if labels.KUEUE_QUEUE_NAME not in rayjob["metadata"].get("labels", {}):
+        return rayjob
+    return {**rayjob, "spec": {**rayjob["spec"], "suspend": True}}
 
 
 def render_children(job: RLTrainingJob, settings: RenderSettings | None = None) -> Children:

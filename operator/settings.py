@@ -24,6 +24,8 @@ class OperatorConfig:
     kubeconfig: str | None = None  # None: in-cluster, else $KUBECONFIG / ~/.kube/config
     liveness_endpoint: str | None = None  # e.g. http://0.0.0.0:8081/healthz
     max_concurrent_reconciles: int = 16
+    default_queue_name: str | None = None  # Kueue LocalQueue for jobs that name none
+    default_priority_class: str | None = None  # Kueue WorkloadPriorityClass for queued jobs
 
     @classmethod
     def from_env(cls) -> OperatorConfig:
@@ -35,10 +37,14 @@ class OperatorConfig:
             worker_image=os.environ.get("KUBERL_WORKER_IMAGE", DEFAULT_WORKER_IMAGE),
             resync_seconds=float(os.environ.get("KUBERL_RESYNC_SECONDS", "30")),
             kubeconfig=os.environ.get("KUBECONFIG") or None,
+            default_queue_name=os.environ.get("KUBERL_DEFAULT_QUEUE_NAME") or None,
+            default_priority_class=os.environ.get("KUBERL_DEFAULT_PRIORITY_CLASS") or None,
         )
 
     def render_settings(self) -> RenderSettings:
-        return RenderSettings(default_image=self.worker_image)
+        return RenderSettings(default_image=self.worker_image,
+                              default_queue_name=self.default_queue_name,
+                              default_priority_class=self.default_priority_class)
 
 
 def configure_kopf(settings: kopf.OperatorSettings) -> None:

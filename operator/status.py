@@ -21,7 +21,9 @@ from typing import Any
 
 from kuberl.api.job import RLTrainingJob
 from kuberl.api.status import Condition, ConditionType, Phase, RLTrainingJobStatus
+from kuberl.errors import SpecError
 from kuberl.operator import names
+from kuberl.operator.kueue import QueueRef, admitted_condition, queue_of, queue_phase
 
 
 class DeploymentStatus(StrEnum):
@@ -373,28 +375,49 @@ def explain(decision: PhaseDecision, problem: PodProblem | None) -> PhaseDecisio
     return PhaseDecision(decision.phase, problem.reason, problem.message)
 
 
+def _queue(job: RLTrainingJob, queue: QueueRef | None) -> QueueRef | None:
+    if queue is not None:
+        return queue
+    try:
+        return queue_of(job)
+    except SpecError:  # refused at admission; a job admitted before keeps its spec field's queue
+        return QueueRef(job.spec.cluster.queue_name) if job.spec.cluster.queue_name else None
+
+
 def fold_status(
     job: RLTrainingJob, rayjob: dict[str, Any] | None, now: datetime,
     pods: Sequence[dict[str, Any]] = (), kuberay_namespaces: list[str] | None = None,
+    *, workload: dict[str, Any] | None = None, queue: QueueRef | None = None,
 ) -> RLTrainingJobStatus:
     """Return the job's new status from its RayJob (None if absent), its pods and its previous status.
 
     A terminal phase is sticky: once Succeeded, Stopped or Failed, later RayJob changes (its TTL deletion,
     say) do not move the job. ``progress`` is carried over unchanged; the driver owns it. While the job
     waits, a pod problem (or a RayJob no KubeRay acts on) becomes its reason, message and ClusterReady
-    condition; ``kuberay_namespaces`` is what ``kuberay_watched_namespaces`` found.
+    condition; ``kuberay_namespaces`` is what ``kuberay_watched_namespaces`` found. For a queued job
+    (``queue``, else the job's own spec field or label) Kueue's ``workload`` decides Queued/Starting
+    and the Admitted condition (``kuberl.operator.kueue``).
     """
     previous = job.status or RLTrainingJobStatus()
     generation = (job.metadata.model_extra or {}).get("generation")
     if previous.phase is not None and previous.phase.is_terminal:
         return previous
-    queued = job.spec.cluster.queue_name is not None
+    queue = _queue(job, queue)
+    queued = queue is not None
     view = RayJobView.of(rayjob) if rayjob is not None else None
     decision = phase_of(view, suspend=job.spec.suspend, queued=queued)
+    by_queue = queue_phase(queue, view.deployment if view else None, workload,
+                           suspend=job.spec.suspend, rayjob_created=view.created_at if view else None,
+                           now=now) if queue is not None else None
+    if by_queue is not None:
+        decision = PhaseDecision(by_queue.phase, by_queue.reason, by_queue.message)
     problem = diagnose_pods(pods, job) or kuberay_silence(
         view, now, job.metadata.namespace, kuberay_namespaces)
     decision = explain(decision, problem)
     desired = desired_conditions(decision, view, queued=queued)
+    if queue is not None and view is not None:
+        admitted = admitted_condition(queue, workload, view.deployment)
+        desired = [admitted if c.type == ConditionType.ADMITTED else c for c in desired]
     if problem is not None and decision.reason == problem.reason:
         desired = [_cond(ConditionType.CLUSTER_READY, False, problem.reason, problem.message)
                    if c.type == ConditionType.CLUSTER_READY else c for c in desired]

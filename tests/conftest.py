@@ -6,17 +6,25 @@ docs/local-control-plane.md).
   cluster up``).
 - Missing binaries make every test marked ``cluster`` FAIL with the command that builds them,
   unless ``KUBERL_SKIP_CLUSTER=1``, which skips them instead.
+
+``kueue_cluster`` is a second control plane, started only by the tests that ask for it, with Kueue's
+CRDs, its controller manager and the real KubeRay operator (watching ``kuberay-system``). Kueue's
+build is best effort: without its binary those tests skip on a developer machine and FAIL under CI
+(``CI`` set), where build.sh must have produced it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
-from kuberl.devcluster import Cluster, attach, find_binaries, start_cluster, stop_cluster
+from kuberl.devcluster import Binaries, Cluster, attach, find_binaries, start_cluster, stop_cluster
+from kuberl.devcluster.kueue import require_kueue
 from kuberl.errors import ClusterError
 
 CLUSTER_NODES = 2  # fake 8×H100 nodes the session cluster starts with
@@ -60,6 +68,52 @@ def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     # die_with_parent: a session killed by a timeout must leave no apiserver on the shared machine.
     cluster = start_cluster(tmp_path_factory.mktemp("kube-cluster"), nodes=CLUSTER_NODES,
                             remove_on_stop=False, die_with_parent=True)
+    try:
+        yield cluster
+    finally:
+        assert cluster.state is not None
+        stop_cluster(cluster.state)
+
+
+def running_job_pod_stages(binaries: Binaries, directory: Path) -> Path:
+    """kwok's stages without ``pod-complete``: pods of batch Jobs keep Running. KubeRay's submitter
+    (a Job in K8sJobMode) runs ``ray job submit`` for as long as the Ray job runs; completed at once,
+    KubeRay fails the RayJob 30 s later ("the RayJob submitter finished ... but the ray job did not
+    reach terminal state"), which would end every queued job before it could be preempted."""
+    docs = [d for d in yaml.safe_load_all(binaries.kwok_stages.read_text()) if d]
+    kept = [d for d in docs if d["metadata"]["name"] != "pod-complete"]
+    assert len(kept) == len(docs) - 1, "kwok's stages no longer have pod-complete"
+    path = directory / "kwok-stages.yaml"
+    path.write_text(yaml.safe_dump_all(kept))
+    return path
+
+
+@pytest.fixture(scope="session")
+def kueue_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A control plane of its own with real Kueue (v0.17, RayJob integration) and the real KubeRay
+    operator; queue tests create their jobs in ``kuberay-system``, the namespace KubeRay watches."""
+    if os.environ.get("KUBERL_SKIP_CLUSTER") == "1":
+        pytest.skip("KUBERL_SKIP_CLUSTER=1: the local control plane is not started")
+    problem = _cluster_unavailable()
+    if problem:
+        pytest.fail(problem, pytrace=False)
+    binaries = find_binaries()
+    missing = None
+    try:
+        require_kueue(binaries)
+    except ClusterError as exc:
+        missing = str(exc)
+    if missing is None and binaries.kuberay_operator is None:
+        missing = "the KubeRay operator binary was not built (hack/cluster/build.sh)"
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the Kueue tests: {missing}", pytrace=False)
+        pytest.skip(missing)
+    directory = tmp_path_factory.mktemp("kueue-cluster")
+    cluster = start_cluster(directory, nodes=CLUSTER_NODES, kuberay_operator=True,
+                            kueue_manager=True, remove_on_stop=False, die_with_parent=True,
+                            timeout=180, binaries=dataclasses.replace(
+                                binaries, kwok_stages=running_job_pod_stages(binaries, directory)))
     try:
         yield cluster
     finally:

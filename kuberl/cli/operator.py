@@ -24,6 +24,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="image of jobs that set no spec.cluster.image (default: $KUBERL_WORKER_IMAGE or "
         f"{DEFAULT_WORKER_IMAGE})",
     )
+    parser.add_argument(
+        "--default-queue-name", default=os.environ.get("KUBERL_DEFAULT_QUEUE_NAME") or None,
+        metavar="LOCALQUEUE",
+        help="Kueue LocalQueue for jobs that name none in spec.cluster.queueName or the "
+        "kueue.x-k8s.io/queue-name label (default: $KUBERL_DEFAULT_QUEUE_NAME; none: not queued)",
+    )
+    parser.add_argument(
+        "--default-priority-class", default=os.environ.get("KUBERL_DEFAULT_PRIORITY_CLASS") or None,
+        metavar="CLASS",
+        help="Kueue WorkloadPriorityClass for queued jobs without the kueue.x-k8s.io/priority-class "
+        "label (default: $KUBERL_DEFAULT_PRIORITY_CLASS)",
+    )
     parser.add_argument("--resync-seconds", type=float, default=30.0,
                         help="how often each job's RayJob is re-read (default 30)")
     parser.add_argument("--kubeconfig", default=None,
@@ -49,5 +61,7 @@ def run(args: argparse.Namespace) -> int:
         resync_seconds=args.resync_seconds,
         kubeconfig=kubeconfig,
         liveness_endpoint=args.liveness,
+        default_queue_name=args.default_queue_name,
+        default_priority_class=args.default_priority_class,
     )
     return run_operator(config)

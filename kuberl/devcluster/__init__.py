@@ -14,9 +14,11 @@ from kuberl.devcluster.cluster import (
     attach,
     start_cluster,
     start_kuberay_operator,
+    start_kueue,
     stop_cluster,
 )
 from kuberl.devcluster.kuberay_emulator import KubeRayEmulator
+from kuberl.devcluster.kueue import KUEUE_NAMESPACE
 from kuberl.devcluster.nodes import FAKE_NODE_TOLERATIONS, GPU_PRODUCT, h100_node, h100_nodes
 
 __all__ = [
@@ -24,6 +26,7 @@ __all__ = [
     "GPU_PRODUCT",
     "K8S_VERSION",
     "KUBERAY_NAMESPACE",
+    "KUEUE_NAMESPACE",
     "Binaries",
     "Cluster",
     "ClusterState",
@@ -35,5 +38,6 @@ __all__ = [
     "h100_nodes",
     "start_cluster",
     "start_kuberay_operator",
+    "start_kueue",
     "stop_cluster",
 ]

@@ -39,6 +39,21 @@ class Binaries:
         candidate = self.bin_dir / "kuberay-operator"
         return candidate if os.access(candidate, os.X_OK) else None
 
+    @property
+    def kueue(self) -> Path | None:
+        """Kueue's controller manager when it could be built (optional, like KubeRay's)."""
+        candidate = self.bin_dir / "kueue"
+        return candidate if os.access(candidate, os.X_OK) else None
+
+    @property
+    def kueue_crds(self) -> Path:
+        return self.bin_dir.parent / "crds" / "kueue"
+
+    @property
+    def kueue_webhooks(self) -> Path:
+        """Kueue's own webhook manifests (service-based), copied from its module by build.sh."""
+        return self.bin_dir.parent / "kueue" / "webhooks.yaml"
+
 
 def find_binaries(bin_dir: Path | None = None) -> Binaries:
     """Locate the binaries (``KUBERL_CLUSTER_BIN`` overrides the cache); raise ClusterError naming

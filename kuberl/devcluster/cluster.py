@@ -28,10 +28,10 @@ from typing import Any
 
 import yaml
 
-from kuberl.devcluster import components, etcd_template, processes
+from kuberl.devcluster import components, etcd_template, kueue, processes
 from kuberl.devcluster.binaries import BUILD_SCRIPT, Binaries, cache_root, find_binaries
 from kuberl.devcluster.nodes import h100_nodes
-from kuberl.devcluster.pki import Pki, kubeconfig_yaml, write_pki
+from kuberl.devcluster.pki import Pki, kubeconfig_yaml, pki_paths, write_pki
 from kuberl.devcluster.processes import ProcessRecord
 from kuberl.errors import ClusterError
 
@@ -41,7 +41,7 @@ REPO_CRDS = Path(__file__).resolve().parents[2] / "crds"
 STATE_FILE = "state.json"
 KUBERAY_KINDS = ("rayclusters", "rayjobs")  # RayService (1 MB more schema) is unused by kuberl
 KUBERAY_NAMESPACE = "kuberay-system"  # the only namespace a real KubeRay operator watches
-_STOP_ORDER = ("kuberay-operator", "kwok", "kube-scheduler", "kube-controller-manager",
+_STOP_ORDER = ("kueue", "kuberay-operator", "kwok", "kube-scheduler", "kube-controller-manager",
                "kube-apiserver", "etcd")
 
 
@@ -57,12 +57,14 @@ class ClusterState:
     owns_directory: bool
     processes: list[ProcessRecord] = field(default_factory=list)
     kuberay_operator: bool = False
+    kueue: bool = False
     die_with_parent: bool = False  # components are SIGKILLed by the kernel when their starter dies
 
     def save(self) -> None:
         data = {"directory": str(self.directory), "kubeconfig": str(self.kubeconfig),
                 "server": self.server, "bin_dir": str(self.bin_dir),
                 "owns_directory": self.owns_directory, "kuberay_operator": self.kuberay_operator,
+                "kueue": self.kueue,
                 "die_with_parent": self.die_with_parent,
                 "processes": [p.to_json() for p in self.processes]}
         tmp = self.directory / (STATE_FILE + ".tmp")
@@ -81,6 +83,7 @@ class ClusterState:
                    server=data["server"], bin_dir=Path(data["bin_dir"]),
                    owns_directory=bool(data["owns_directory"]),
                    kuberay_operator=bool(data.get("kuberay_operator")),
+                   kueue=bool(data.get("kueue")),
                    die_with_parent=bool(data.get("die_with_parent")),
                    processes=[ProcessRecord(**p) for p in data["processes"]])
 
@@ -202,6 +205,7 @@ def crd_files(extra_dirs: Sequence[Path] = (REPO_CRDS,)) -> list[Path]:
 
 def start_cluster(directory: Path | None = None, *, nodes: int = 2,
                   crd_dirs: Sequence[Path] = (REPO_CRDS,), kuberay_operator: bool = False,
+                  kueue_manager: bool = False,
                   timeout: float = 90.0, binaries: Binaries | None = None,
                   remove_on_stop: bool | None = None, die_with_parent: bool = False) -> Cluster:
     """Start a cluster and return its handle once every component is ready and ``nodes`` fake H100
@@ -211,8 +215,11 @@ def start_cluster(directory: Path | None = None, *, nodes: int = 2,
     Without ``directory`` a temporary one is made and removed on stop (``remove_on_stop``
     overrides). ``die_with_parent`` (for test sessions) makes the kernel kill every component if
     this process dies without stopping them; ``kuberl dev cluster up`` leaves it off so the
-    cluster outlives the command."""
+    cluster outlives the command. ``kueue_manager`` installs Kueue's CRDs with the others and runs
+    its controller manager (``start_kueue``) once everything else is ready."""
     b = binaries or find_binaries()
+    if kueue_manager:
+        kueue.require_kueue(b)  # before anything starts: fail fast with the build hint
     owns = directory is None if remove_on_stop is None else remove_on_stop
     directory = Path(tempfile.mkdtemp(prefix="kuberl-cluster-")) if directory is None else directory
     if (directory / STATE_FILE).exists():
@@ -244,6 +251,8 @@ def start_cluster(directory: Path | None = None, *, nodes: int = 2,
 
     files = [b.kuberay_crds / f"ray.io_{kind}.yaml" for kind in KUBERAY_KINDS]
     files += crd_files(crd_dirs)
+    if kueue_manager:
+        files += sorted(b.kueue_crds.glob("*.yaml"))
     template = etcd_template.template_dir(b, files)
     ctx = _client_context(pki)
 
@@ -310,6 +319,8 @@ def start_cluster(directory: Path | None = None, *, nodes: int = 2,
               watch)
         if kuberay_operator:
             start_kuberay_operator(cluster, b, timeout=timeout)
+        if kueue_manager:
+            start_kueue(cluster, b, timeout=timeout)
     except BaseException:
         stop_cluster(state)
         raise
@@ -354,6 +365,26 @@ def start_kuberay_operator(cluster: Cluster, binaries: Binaries | None = None, *
     except BaseException:
         processes.stop(rec)
         raise
+    return rec
+
+
+def start_kueue(cluster: Cluster, binaries: Binaries | None = None, *,
+                timeout: float = 60.0) -> ProcessRecord:
+    """Run Kueue's controller manager (v0.17.0, RayJob integration) against ``cluster``, whose CRDs
+    must include Kueue's (``start_cluster(kueue_manager=True)`` does both). Webhooks are served on
+    loopback and registered by URL; see ``kuberl.devcluster.kueue``. When the cluster was started
+    here, the process joins its state (``stop_cluster`` stops it first)."""
+    b = binaries or find_binaries()
+    if cluster.state is None:
+        raise ClusterError("start_kueue needs a cluster started by kuberl (it signs Kueue's webhook "
+                           "certificate with the cluster's CA)")
+    if cluster.kubectl("get", "crd", "workloads.kueue.x-k8s.io", check=False).returncode != 0:
+        raise ClusterError("Kueue's CRDs are not installed: start the cluster with "
+                           "kueue_manager=True (`kuberl dev cluster up --kueue`)")
+    rec = kueue.start(cluster, b, pki_paths(cluster.state.directory / "pki"), timeout=timeout)
+    cluster.state.processes.append(rec)
+    cluster.state.kueue = True
+    cluster.state.save()
     return rec
 
 

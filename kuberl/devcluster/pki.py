@@ -73,12 +73,17 @@ def _issue(subject: x509.Name, key: ec.EllipticCurvePrivateKey, issuer: x509.Nam
     return builder.sign(issuer_key, hashes.SHA256())
 
 
+def pki_paths(directory: Path) -> Pki:
+    """Where ``write_pki`` puts (or put) each file under ``directory``."""
+    return Pki(*(directory / n for n in ("ca.crt", "ca.key", "apiserver.crt", "apiserver.key",
+                                         "admin.crt", "admin.key", "sa.pub", "sa.key")))
+
+
 def write_pki(directory: Path, now: dt.datetime | None = None) -> Pki:
     """Create all PEM files under ``directory`` and return their paths."""
     now = now or dt.datetime.now(dt.UTC)
     directory.mkdir(parents=True, exist_ok=True)
-    pki = Pki(*(directory / n for n in ("ca.crt", "ca.key", "apiserver.crt", "apiserver.key",
-                                        "admin.crt", "admin.key", "sa.pub", "sa.key")))
+    pki = pki_paths(directory)
 
     ca_key = _key()
     ca_name = _name("kuberl-dev-ca")
@@ -122,3 +127,22 @@ def kubeconfig_yaml(server: str, pki: Pki, name: str = "kuberl-dev") -> str:
         f"contexts:\n- name: {name}\n  context:\n    cluster: {name}\n    user: {name}-admin\n"
         f"current-context: {name}\n"
     )
+
+
+def issue_serving_cert(pki: Pki, cert_path: Path, key_path: Path, common_name: str,
+                       ips: tuple[str, ...] = ("127.0.0.1",), dns: tuple[str, ...] = ("localhost",),
+                       now: dt.datetime | None = None) -> None:
+    """Sign a serving certificate with the cluster's CA (for a webhook the apiserver calls by URL,
+    e.g. Kueue's on 127.0.0.1), so the webhook configurations' caBundle is simply ``ca.crt``."""
+    now = now or dt.datetime.now(dt.UTC)
+    ca = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = _key()
+    sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
+    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+    cert = _issue(_name(common_name), key, ca.subject, ca_key, now,
+                  usages=[ExtendedKeyUsageOID.SERVER_AUTH], sans=sans)
+    cert_path.parent.mkdir(parents=True, exist_ok=True)
+    _write_key(key_path, key)
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))

@@ -48,7 +48,7 @@ def test_names_printer_columns_and_status_subresource() -> None:
     version = crd["spec"]["versions"][0]
     assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
     assert [c["name"] for c in version["additionalPrinterColumns"]] == [
-        "Phase", "Rollout", "Reward", "Eval", "Age"]
+        "Phase", "Rollout", "Reward", "Eval", "Reason", "Age"]
 
 
 def test_transition_rules_guard_immutable_groups_but_not_num_rollout() -> None:

@@ -112,6 +112,9 @@ def test_deployment_command_is_accepted_by_the_operator_cli(render, value_set: s
     assert args.liveness == f"http://0.0.0.0:{ports['health']}/healthz"  # kopf's liveness endpoint
     values = yaml.safe_load(VALUE_SETS[value_set][0].read_text()) if VALUE_SETS[value_set] else {}
     assert sorted(args.namespaces) == sorted(values.get("watchNamespaces", []))
+    kueue = values.get("kueue", {})
+    assert args.default_queue_name == (kueue.get("defaultQueueName") or None)
+    assert args.default_priority_class == (kueue.get("defaultPriorityClass") or None)
     assert args.worker_image.startswith(values.get("operator", {}).get("workerImage", {}).get(
         "repository", "kuberl/worker") + ":")
     kuberl = shutil.which("kuberl", path=str(REPO / ".venv" / "bin")) or "kuberl"
@@ -142,6 +145,7 @@ def test_rbac_is_least_privilege(render, value_set: str) -> None:
     assert grants[("", "events")] == {"create"}  # kopf.event posts core/v1 Events
     assert grants[("", "pods")] == {"list", "watch"}  # read-only: explains pods that do not start
     assert grants[("apps", "deployments")] == {"list"}  # which namespaces KubeRay watches
+    assert grants[("kueue.x-k8s.io", "workloads")] == {"list", "watch", "patch"}  # queue reason; suspend
 
 
 def test_operator_rbac_covers_the_driver_role_it_creates(render) -> None:

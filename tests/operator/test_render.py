@@ -83,15 +83,34 @@ def test_zero_rollout_gpus_renders_no_rollout_group() -> None:
     assert [g.name for g in plan_worker_groups(_job(manifest).spec)] == ["trainer"]
 
 
-def test_queue_name_labels_the_rayjob_and_leaves_suspend_to_kueue() -> None:
+def test_queue_name_labels_the_rayjob_which_is_created_suspended_and_never_applied_with_suspend(
+) -> None:
     manifest = _edit(REFERENCE, "spec.cluster.queueName", "h100-team")
     manifest["metadata"]["labels"] = {"kueue.x-k8s.io/priority-class": "high"}
     rayjob = render.render_rayjob(_job(manifest))
     assert rayjob["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "h100-team"
     assert rayjob["metadata"]["labels"]["kueue.x-k8s.io/priority-class"] == "high"
-    assert "suspend" not in rayjob["spec"]  # Kueue's webhook suspends; we must not unsuspend
+    assert "suspend" not in rayjob["spec"]  # Kueue owns it: an applied value would fight admission
+    assert render.creation_copy(rayjob)["spec"]["suspend"] is True  # created suspended
+    assert "suspend" not in rayjob["spec"]  # the copy left the applied object alone
+    # spec.suspend deactivates the Workload instead (operator.kueue.workload_activation).
     suspended = render.render_rayjob(_job(_edit(manifest, "spec.suspend", True)))
-    assert suspended["spec"]["suspend"] is True
+    assert "suspend" not in suspended["spec"]
+
+
+def test_the_queue_label_on_the_job_and_the_operator_default_queue_the_rayjob() -> None:
+    labelled = copy.deepcopy(REFERENCE)
+    labelled["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "team-a"}
+    rayjob = render.render_rayjob(_job(labelled))
+    assert rayjob["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    settings = RenderSettings(default_queue_name="pool", default_priority_class="batch")
+    defaulted = render.render_rayjob(_job(REFERENCE), settings)
+    assert defaulted["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "pool"
+    assert defaulted["metadata"]["labels"]["kueue.x-k8s.io/priority-class"] == "batch"
+    assert render.render_rayjob(_job(labelled), settings)["metadata"]["labels"][
+        "kueue.x-k8s.io/queue-name"] == "team-a"  # the job's own choice wins over the default
+    plain = render.render_rayjob(_job(REFERENCE))
+    assert render.creation_copy(plain) is plain and plain["spec"]["suspend"] is False
 
 
 def test_no_queue_no_kueue_label_and_explicit_suspend() -> None:
