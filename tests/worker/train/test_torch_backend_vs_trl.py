@@ -43,7 +43,6 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def trl_trainer(model_dir: Path):
     """A real GRPOTrainer on the fp64 model (clip 0.2/0.28, no KL), used only for ``_compute_loss``."""
-    pytest.importorskip("trl")  # a dev dependency; the worker image does not ship it
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
