@@ -10,6 +10,8 @@ process, so one process holds one side of a given group name.
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 from datetime import timedelta
 
 import torch
@@ -24,9 +26,7 @@ def join_group(master_address: str, master_port: int, rank: int, world_size: int
     Blocks until all ``world_size`` ranks have joined.
     """
     timeout = timedelta(seconds=timeout_s)
-    url = f"tcp://{master_address}:{int(master_port)}"
-    store, rank, world_size = next(c10d.rendezvous(url, rank, world_size, timeout=timeout))
-    store.set_timeout(timeout)
+    store = rendezvous_store(master_address, master_port, rank, world_size, timeout)
     made = c10d._new_process_group_helper(
         world_size, rank, [], backend, c10d.PrefixStore(group_name, store),
         group_name=group_name, timeout=timeout,
@@ -35,6 +35,36 @@ def join_group(master_address: str, master_port: int, rank: int, world_size: int
     # Group ranks are global ranks here, so dist.broadcast(src=0, group=...) works on the engine side.
     c10d._world.pg_group_ranks[group] = {i: i for i in range(world_size)}
     return group
+
+
+def rendezvous_store(master_address: str, master_port: int, rank: int, world_size: int,
+                     timeout: timedelta) -> dist.Store:
+    """The TCP store a group meets on; rank 0 hosts it.
+
+    torch's store server binds every interface whatever address it is given, so on a loopback address
+    (local runs) rank 0 binds the socket to that address itself and hands it over: nothing of a local run
+    listens beyond the machine (tests/e2e/test_interrupt.py checks every listener).
+    """
+    if rank == 0 and _is_loopback(master_address):
+        family = socket.AF_INET6 if ":" in master_address else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((master_address, int(master_port)))
+        sock.listen(128)
+        store = dist.TCPStore(master_address, int(master_port), world_size, True, timeout,
+                              master_listen_fd=sock.detach(), use_libuv=True)  # the store owns the socket
+    else:
+        url = f"tcp://{master_address}:{int(master_port)}"
+        store, _, _ = next(c10d.rendezvous(url, rank, world_size, timeout=timeout))
+    store.set_timeout(timeout)
+    return store
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return address == "localhost"
 
 
 def destroy_group(group: dist.ProcessGroup) -> None:

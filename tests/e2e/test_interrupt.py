@@ -64,8 +64,11 @@ def test_a_signal_stops_the_run_with_one_line_and_no_orphans(
         _wait_rollouts(run_dir / "metrics.jsonl", 3, proc, timeout=600)
         # Everything the run opens listens on loopback: kuberl's engines and metrics endpoint and Ray's own
         # gRPC servers, agents and exporters (worker/local_ray.py); the engines are among them.
-        listening = {(p.pid, " ".join(_cmdline(p))[:80], c.laddr.ip, c.laddr.port)
-                     for p in _session(proc.pid) for c in _connections(p) if c.status == psutil.CONN_LISTEN}
+        # Engines run in sessions of their own (their process group is stopped as one), so the run's
+        # processes are its session plus every descendant.
+        procs = {p.pid: p for p in [*_session(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]}
+        listening = {(p.pid, " ".join(_cmdline(p))[:120], c.laddr.ip, c.laddr.port)
+                     for p in procs.values() for c in _connections(p) if c.status == psutil.CONN_LISTEN}
         assert any("kuberl.worker.engine.server" in cmd for _, cmd, _, _ in listening), listening
         assert {"gcs_server", "raylet"} <= {Path(cmd.split()[0]).name for _, cmd, _, _ in listening}, listening
         loopback = ("127.0.0.1", "::1", "::ffff:127.0.0.1")

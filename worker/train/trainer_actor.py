@@ -91,12 +91,15 @@ def init_process_group(
     if cuda:
         # Ray shows each rank only its own GPU (device 0); under torchrun LOCAL_RANK picks it.
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    from kuberl.worker.weight_group import rendezvous_store
+
+    timeout = datetime.timedelta(seconds=timeout_s)
     dist.init_process_group(
         backend="nccl" if cuda else "gloo",
-        init_method=f"tcp://{master_addr}:{master_port}",
+        store=rendezvous_store(master_addr, master_port, rank, world_size, timeout),
         rank=rank,
         world_size=world_size,
-        timeout=datetime.timedelta(seconds=timeout_s),
+        timeout=timeout,
     )
 
 
