@@ -45,6 +45,7 @@ from kuberl.worker.console import (
 from kuberl.worker.engine.host import EngineHost
 from kuberl.worker.engine.launcher import seeded_sampling
 from kuberl.worker.import_path import load_callable
+from kuberl.worker.local_ray import init_local_ray, prepare_local_ray
 from kuberl.worker.metrics import MetricsExporter
 from kuberl.worker.placement import create_placement_groups, plan_placement
 from kuberl.worker.progress import ProgressReport, StatusReporter, in_cluster_target
@@ -209,6 +210,8 @@ class Driver:
 
     # ---- set-up ------------------------------------------------------------------------------------
     def start(self) -> None:
+        if self.options.ray_address is None and not _ray_initialized():
+            prepare_local_ray()  # before Ray is imported: loopback listeners, a per-run auth token
         import ray
 
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -218,18 +221,14 @@ class Driver:
         needed = sum(b.get("CPU", 0) for b in plan.trainer_bundles + plan.rollout_bundles)
         if not ray.is_initialized():
             local = self.options.ray_address is None
-            # A local Ray listens on loopback only, and its processes inherit an ignored SIGINT: a
-            # Ctrl-C (sent to the whole process group) reaches this driver alone, which stops them.
+            # A local Ray listens on loopback only (prepare_local_ray), and its processes inherit an ignored
+            # SIGINT: a Ctrl-C (sent to the whole process group) reaches this driver alone, which stops them.
             with _sigint_ignored(local):
-                ray.init(
-                    address=self.options.ray_address,
-                    include_dashboard=False,
-                    log_to_driver=True,
-                    configure_logging=False,
-                    num_cpus=None if self.options.ray_address
-                    else max(2, os.cpu_count() or 2, int(needed)),
-                    **({"_node_ip_address": "127.0.0.1"} if local else {}),
-                )
+                kwargs = dict(include_dashboard=False, log_to_driver=True, configure_logging=False)
+                if local:
+                    init_local_ray(num_cpus=max(2, os.cpu_count() or 2, int(needed)), **kwargs)
+                else:
+                    ray.init(address=self.options.ray_address, **kwargs)
         groups = create_placement_groups(plan)
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -683,6 +682,11 @@ def _interrupted_message(driver: Driver | None, job: RLTrainingJob, how: str) ->
     else:
         resume = "no checkpoints (spec.checkpoint.save is unset); rerun to start again"
     return f"{job.metadata.name}: interrupted ({how}) at {where}; {resume}"
+
+
+def _ray_initialized() -> bool:
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
 
 
 def _stop_local_ray(children: list[Any]) -> None:
