@@ -168,6 +168,31 @@ def untie_step_counters(optimizer: torch.optim.Optimizer) -> int:
     return untied
 
 
+def init_adam_state(optimizer: torch.optim.Optimizer) -> int:
+    """Give every parameter without state the state torch's Adam(W) would create at its first step
+    (``step`` 0, zero moments); return how many were initialised.
+
+    Without Transformer Engine/apex, megatron-core 0.19.2's ``DistributedOptimizer.state_dict`` reads
+    ``step`` from every parameter's state (``assert len(steps) == 1``), so a backend that has not stepped
+    yet -- a resume in a new process -- could neither load nor save a checkpoint. Adam's first step
+    from this state is the same as from no state at all.
+    """
+    added = 0
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if optimizer.state.get(p):
+                continue
+            optimizer.state[p] = {
+                "step": torch.zeros((), dtype=torch.float32),
+                "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
+            }
+            if group.get("amsgrad"):
+                optimizer.state[p]["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            added += 1
+    return added
+
+
 def weight_decay_for(group: dict[str, Any], weight_decay: float) -> float:
     """The decay of one megatron parameter group: ``weight_decay x wd_mult``.
 
@@ -465,6 +490,9 @@ class MegatronBackend:
         model_sd = self.model.module.sharded_state_dict()
         state: dict[str, Any] = {"model": model_sd, "steps": self.steps}
         if with_optimizer:
+            if uses_distributed_optimizer(self.config.optimizer):
+                for opt in getattr(self.optimizer, "chained_optimizers", [self.optimizer]):
+                    init_adam_state(opt.optimizer)  # a backend that has not stepped yet (resume)
             state["optimizer"] = self.optimizer.sharded_state_dict(
                 model_sd, is_loading=loading, metadata={"distrib_optim_sharding_type": "fully_reshardable"}
             )

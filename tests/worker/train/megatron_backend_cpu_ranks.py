@@ -12,7 +12,8 @@ patch lives here.
    of the weights after one ``train_step`` with SGD (lr 1: the weight difference is the gradient
    difference) and with AdamW (weight decay 0.1, clipping 0.01, lr 1e-4).
 2. Resume (tiny GLM4: sandwich norms, partial rotary; AdamW). Step 1, save, step 2 = the uninterrupted
-   run; then load -> step 2 in the same backend and in a freshly built one. Both with the optimizer
+   run; then load -> step 2 in the same backend (after it moved on) and in a freshly built one that never
+   stepped (a resume in a new process). Both with the optimizer
    saved and under ``save_optim=False`` (spec.checkpoint.noSaveOptim), where the reference is a fresh
    backend loading the same checkpoint: the result must not depend on what the backend did before.
 """
@@ -178,8 +179,7 @@ def resume(tp: int, root: Path, rank: int) -> dict[str, Any]:
         w_again = weights(mb)
         del mb
         fresh = backend(hf, tp, RESUME_ADAM, budget=400, save_optim=save_optim)
-        fresh.train_step(d1)  # a different history before the load
-        fresh.load(ckpt)
+        fresh.load(ckpt)  # never stepped: a resume in a new process
         first = fresh.train_step(d1)
         w_fresh = weights(fresh)
         del fresh

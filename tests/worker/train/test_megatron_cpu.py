@@ -32,9 +32,8 @@ def test_the_rng_tracker_fork_is_a_no_op_on_cpu() -> None:
     from megatron.core.tensor_parallel import random as mrandom
 
     original = mrandom.CudaRNGStatesTracker.fork
-    with megatron_on_cpu():
-        with mrandom.CudaRNGStatesTracker().fork():
-            pass
+    with megatron_on_cpu(), mrandom.CudaRNGStatesTracker().fork():
+        pass
     assert mrandom.CudaRNGStatesTracker.fork is original
 
 
