@@ -1,7 +1,8 @@
 """`kuberl train` with `spec.backends.trainer: megatron` on CPU (gloo, fp32): the real driver, the embedded
 engine and the Megatron-core backend on the tiny task. The loop completes, weight versions advance, the
 engine generates with the weights the Megatron backend exported (its logprobs match the trainer's), the
-checkpoint is a Megatron dist checkpoint, and a second run resumes from it."""
+checkpoint is a Megatron dist checkpoint that `kuberl convert` turns into HF, and a second run resumes
+from it."""
 
 from __future__ import annotations
 
@@ -50,6 +51,18 @@ def test_grpo_with_the_megatron_trainer_on_cpu_trains_syncs_and_resumes(
     assert statistics.fmean(rewards[-4:]) > statistics.fmean(rewards[:4]), rewards
     trainer_dir = ckpt / f"rollout_{ROLLOUTS - 1:06d}" / "trainer"
     assert (trainer_dir / "metadata.json").is_file()  # megatron's dist checkpoint
+    # `kuberl convert` turns the trainer's checkpoint into an HF checkpoint transformers loads, holding
+    # the trained weights (not the initial ones).
+    model = easy_tiny_build / "model"
+    exported = tmp_path / "exported"
+    conv = subprocess.run(kuberl_cmd("convert", "dist-to-hf", str(trainer_dir), str(exported),
+                                     "--hf-config", str(model)), capture_output=True, text=True, timeout=300)
+    assert conv.returncode == 0, conv.stderr[-3000:]
+    from safetensors.torch import load_file
+
+    trained, initial = load_file(str(exported / "model.safetensors")), load_file(str(model / "model.safetensors"))
+    assert sorted(trained) == sorted(initial)
+    assert any(not (trained[n] == initial[n]).all() for n in initial)
 
     more = tiny_job(easy_tiny_build, tmp_path, rollout={"numRollout": ROLLOUTS + 2, "batchSize": 16}, **common)
     proc = run(more, tmp_path / "run-resumed")
