@@ -18,7 +18,6 @@ import base64
 import contextlib
 import io
 import shutil
-import socket
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -29,6 +28,7 @@ from typing import Any, Literal
 import torch
 
 from kuberl.errors import EngineError, SpecError
+from kuberl.worker.net import free_port
 from kuberl.worker.rollout.engine_client import EngineClient, EngineHTTPError
 from kuberl.worker.tensor_payload import encode_named_tensors
 
@@ -248,12 +248,6 @@ async def set_memory(urls: list[str], action: Literal["release", "resume"],
 
 
 # ---- the trainer side ------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
-
-
 class WeightSender:
     """Lives in trainer rank 0; keeps the distributed group between syncs until the engines change."""
 

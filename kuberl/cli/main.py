@@ -15,7 +15,7 @@ this machine. Typical use: `kuberl validate job.yaml`, `kuberl train job.yaml`, 
 in a cluster, `kuberl operator` turns RLTrainingJobs into KubeRay RayJobs (docs/walkthrough.md)."""
 
 # Verb modules, in help order. Each defines ``register(subparsers)`` and sets ``func`` on its parser.
-COMMANDS = ("validate", "crd", "render", "train", "plot", "operator", "dev")
+COMMANDS = ("validate", "crd", "render", "train", "convert", "plot", "operator", "dev")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,25 +7,10 @@ the embedded engine on loopback. Either way the driver only ever sees a URL that
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Any
 
 from kuberl.worker.engine.launcher import EngineSpec, ManagedProcess, launch_engine
-
-
-def free_port(low: int = 20000, high: int = 55000) -> int:
-    """A free port below 55000: SGLang also binds port + 10000 (gRPC) and refuses one above 65535."""
-    import random
-
-    for _ in range(200):
-        port = random.randrange(low, high)
-        with socket.socket() as s:
-            try:
-                s.bind(("", port))
-            except OSError:
-                continue
-            return port
-    raise OSError(f"no free port in [{low}, {high})")
+from kuberl.worker.net import SGLANG_MAX_PORT, free_port
 
 
 def node_ip() -> str:
@@ -53,7 +38,7 @@ class EngineHost:
     def start(self, timeout_s: float = 900.0) -> str:
         ip = node_ip() if self.reachable else "127.0.0.1"
         host = "0.0.0.0" if self.reachable else "127.0.0.1"
-        spec = EngineSpec(**{**self.spec_args, "port": free_port(), "host": host})
+        spec = EngineSpec(**{**self.spec_args, "port": free_port(20000, SGLANG_MAX_PORT), "host": host})
         self.process = launch_engine(spec, self.log_path)
         asyncio.run(self.process.wait_ready(timeout_s))
         return f"http://{ip}:{spec.port}"

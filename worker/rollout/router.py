@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -21,6 +20,7 @@ import httpx
 
 from kuberl.errors import EngineError
 from kuberl.worker.engine.launcher import ManagedProcess, router_command
+from kuberl.worker.net import free_port
 from kuberl.worker.rollout.balancer import EngineBalancer
 from kuberl.worker.rollout.engine_client import EngineClient, EngineHTTPError, GenerateOutput
 
@@ -63,12 +63,6 @@ def router_argv(router_args: list[str], worker_urls: list[str], port: int, *, ho
     return argv
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
-
-
 class Router:
     """A running smg process and its worker-admin API (``GET/POST /workers``, ``DELETE /workers/{id}``)."""
 
@@ -81,9 +75,9 @@ class Router:
                     request_timeout_secs: int = 14400, log_path: str | None = None,
                     host: str = "127.0.0.1", timeout_s: float = 120.0) -> Router:
         """Launch smg in front of ``worker_urls`` and wait until it lists all of them healthy."""
-        port = _free_port()
+        port = free_port()
         argv = router_argv(router_args, worker_urls, port, host=host,
-                           request_timeout_secs=request_timeout_secs, prometheus_port=_free_port(),
+                           request_timeout_secs=request_timeout_secs, prometheus_port=free_port(),
                            smg=find_smg())
         router = cls(ManagedProcess(argv, f"http://127.0.0.1:{port}", log_path=log_path))
         try:

@@ -37,6 +37,7 @@ from kuberl.worker.train.backend import common_backend_fields, needs_reference_m
 from kuberl.worker.train.batch import TrainSample
 from kuberl.worker.train.dp_shard import shard_for_rank
 from kuberl.worker.train.hf_megatron.shape import ModelShape
+from kuberl.worker.train.megatron_cpu import megatron_on, on_device
 from kuberl.worker.train.megatron_model import (
     Parallelism,
     build_gpt_model,
@@ -81,7 +82,7 @@ class MegatronBackendConfig:
     dtype: str = "bfloat16"  # "float32" for parity tests
     use_transformer_engine: bool | None = None  # None: when importable
     logits_chunk_size: int | None = 4096
-    device: str = "cuda"  # "cpu" only for the gloo CPU tests (megatron-core is CUDA-first)
+    device: str = "cuda"  # "cpu": gloo and fp32, megatron's CUDA-only calls redirected (megatron_cpu.py)
 
     @classmethod
     def from_worker_config(cls, config: Any) -> MegatronBackendConfig:
@@ -93,8 +94,13 @@ class MegatronBackendConfig:
 
             raise SpecError([f"{', '.join(wrong)}: the Megatron backend's model presets (glm4, qwen2, "
                              "qwen3, llama) have no experts; set them to 1"])
+        from kuberl.worker.train.torch_backend import pick_device
+
+        device = pick_device(config.device).type  # spec.backends.device: auto = CUDA when present
         return cls(
             **common_backend_fields(config),
+            device=device,
+            dtype="bfloat16" if device == "cuda" else "float32",  # as the torch backend
             architecture=config.architecture,
             balance_data=config.balance_data,
             tensor_model_parallel_size=config.tensor_model_parallel_size,
@@ -163,6 +169,31 @@ def untie_step_counters(optimizer: torch.optim.Optimizer) -> int:
     return untied
 
 
+def init_adam_state(optimizer: torch.optim.Optimizer) -> int:
+    """Give every parameter without state the state torch's Adam(W) would create at its first step
+    (``step`` 0, zero moments); return how many were initialised.
+
+    Without Transformer Engine/apex, megatron-core 0.19.2's ``DistributedOptimizer.state_dict`` reads
+    ``step`` from every parameter's state (``assert len(steps) == 1``), so a backend that has not stepped
+    yet -- a resume in a new process -- could neither load nor save a checkpoint. Adam's first step
+    from this state is the same as from no state at all.
+    """
+    added = 0
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if optimizer.state.get(p):
+                continue
+            optimizer.state[p] = {
+                "step": torch.zeros((), dtype=torch.float32),
+                "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
+            }
+            if group.get("amsgrad"):
+                optimizer.state[p]["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            added += 1
+    return added
+
+
 def weight_decay_for(group: dict[str, Any], weight_decay: float) -> float:
     """The decay of one megatron parameter group: ``weight_decay x wd_mult``.
 
@@ -182,15 +213,21 @@ class MegatronBackend:
     """Policy (DDP + distributed optimizer), optional frozen reference, LR schedule; one per rank."""
 
     def __init__(self, config: MegatronBackendConfig) -> None:
-        import torch.distributed as dist
-        from megatron.core import parallel_state as ps
-
         if config.device == "cuda" and not torch.cuda.is_available():
             raise SpecError([
-                "spec.backends.trainer: megatron needs CUDA GPUs on the trainer; use torch on CPU"
+                "spec.backends.trainer: megatron on CUDA found no GPU on the trainer; set "
+                "spec.backends.device: cpu (gloo, fp32) or give the trainer GPUs"
             ])
         self.config = config
         self.device = torch.device(config.device)
+        with megatron_on(self.device):
+            self._setup()
+
+    def _setup(self) -> None:
+        import torch.distributed as dist
+        from megatron.core import parallel_state as ps
+
+        config = self.config
         self.dtype = torch.float32 if config.dtype == "float32" else torch.bfloat16
         self.use_te = (
             transformer_engine_available() if config.use_transformer_engine is None
@@ -343,6 +380,7 @@ class MegatronBackend:
         return out
 
     # ---- protocol -----------------------------------------------------------------------------------
+    @on_device
     @torch.no_grad()
     def compute_logprobs(
         self, samples: Sequence[TrainSample], *, reference: bool = False
@@ -361,6 +399,7 @@ class MegatronBackend:
             model.train()
         return self._gather_dp(mine, len(samples))
 
+    @on_device
     def accumulate_grads(self, samples: Sequence[TrainSample]) -> dict[str, float]:
         """Zero and fill the gradients of one step (all micro-batches, reduced over DP); return metrics."""
         import torch.distributed as dist
@@ -412,6 +451,7 @@ class MegatronBackend:
                 merged[key] = float(t)
         return merged
 
+    @on_device
     def train_step(self, samples: Sequence[TrainSample]) -> dict[str, float]:
         totals = self.accumulate_grads(samples)
         lr = self.config.optimizer["lr"] * self.schedule(self.steps)
@@ -436,6 +476,7 @@ class MegatronBackend:
         """The last step's gradients under HF names (COLLECTIVE; exact on DP=1, for parity tests)."""
         yield from iter_hf_weights(self.model.module, self.shape, self.tp_group, grads=True)
 
+    @on_device
     def export_hf_checkpoint(self, directory: Path) -> None:
         """COLLECTIVE: every rank gathers, global rank 0 writes."""
         import torch.distributed as dist
@@ -455,11 +496,15 @@ class MegatronBackend:
         model_sd = self.model.module.sharded_state_dict()
         state: dict[str, Any] = {"model": model_sd, "steps": self.steps}
         if with_optimizer:
+            if uses_distributed_optimizer(self.config.optimizer):
+                for opt in getattr(self.optimizer, "chained_optimizers", [self.optimizer]):
+                    init_adam_state(opt.optimizer)  # a backend that has not stepped yet (resume)
             state["optimizer"] = self.optimizer.sharded_state_dict(
                 model_sd, is_loading=loading, metadata={"distrib_optim_sharding_type": "fully_reshardable"}
             )
         return state
 
+    @on_device
     def save(self, directory: Path) -> None:
         """COLLECTIVE: model + optimizer (+ schedule step) in megatron's dist-checkpoint format.
 
@@ -483,8 +528,14 @@ class MegatronBackend:
             tmp.rename(directory)
         dist.barrier()
 
+    @on_device
     def load(self, directory: Path) -> None:
-        """COLLECTIVE: restore what ``save`` wrote (any DP size; same TP)."""
+        """COLLECTIVE: restore what ``save`` wrote (any DP size; same TP).
+
+        A checkpoint saved under ``spec.checkpoint.noSaveOptim`` (the ``kuberl-no-optimizer`` marker)
+        restores the model and the schedule step; the optimizer is then rebuilt from scratch, so the
+        result does not depend on what this backend did before the load.
+        """
         from megatron.core import dist_checkpointing
 
         if not is_dist_checkpoint(directory):
@@ -494,8 +545,12 @@ class MegatronBackend:
             self._sharded_state(loading=True, with_optimizer=with_optimizer), str(directory)
         )
         self.model.module.load_state_dict(state["model"])
-        if with_optimizer:  # else: the optimizer starts fresh, as with the torch backend's noSaveOptim
+        if with_optimizer:
             self._load_optimizer_state(state["optimizer"])
+        else:  # spec.checkpoint.noSaveOptim: a fresh optimizer, as a new process would have
+            self.optimizer = self._build_optimizer()
+            # bf16: the fp32 main params are the optimizer's own copies; they must hold the loaded weights.
+            self.optimizer.reload_model_params()
         self.steps = int(state["steps"])
 
     def _load_optimizer_state(self, state: dict[str, Any]) -> None:

@@ -11,13 +11,13 @@ import datetime
 import functools
 import logging
 import os
-import socket
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from kuberl.errors import SpecError
+from kuberl.worker.net import free_port
 from kuberl.worker.train.hf_megatron.shape import ModelShape, padded_vocab_size
 
 log = logging.getLogger(__name__)
@@ -63,12 +63,6 @@ class Parallelism:
             raise SpecError(problems)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def init_parallel(par: Parallelism, *, device: torch.device, seed: int = 1234) -> None:
     """Initialise torch.distributed (a 1-rank group when nobody did) and Megatron's parallel state.
 
@@ -87,7 +81,7 @@ def init_parallel(par: Parallelism, *, device: torch.device, seed: int = 1234) -
         else:
             dist.init_process_group(
                 backend="nccl" if device.type == "cuda" else "gloo",
-                init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
+                init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1,
                 timeout=datetime.timedelta(minutes=30),
             )
     par.check(dist.get_world_size())

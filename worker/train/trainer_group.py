@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import socket
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, ParamSpec, TypeVar
 
@@ -63,10 +62,9 @@ def _rendezvous_address() -> tuple[str, int]:
     """Run on rank 0's node: its IP and a port free there now (the group binds it moments later)."""
     import ray
 
-    with socket.socket() as s:
-        s.bind(("", 0))
-        port = s.getsockname()[1]
-    return ray.util.get_node_ip_address(), port
+    from kuberl.worker.net import free_port
+
+    return ray.util.get_node_ip_address(), free_port()
 
 
 def _bundle_nodes(placement_group: Any, num_bundles: int) -> list[str]:

@@ -1,17 +1,15 @@
 """One rank of the Megatron model on CPU (gloo): TP logits and the dist checkpoint of the sharded model.
 
 Launched by test_megatron_dist_cpu.py as N processes (``python megatron_cpu_ranks.py RANK WORLD PORT
-ROOT``); rank 0 prints one JSON line of results. megatron-core hard-codes three CUDA calls that do not
-change the result here (the rotary table's device, the CUDA RNG tracker fork for dropout, which is 0,
-and a stream sync before checkpoint writes); they are redirected to CPU / no-ops. Everything else -- TP layers and collectives, sharded state dicts with their
-replica ids, dist_checkpointing save/load -- is megatron's own code on gloo. The backend's optimizer
-cannot run here (megatron's optimizers allocate on 'cuda' and accept only torch.cuda parameter types);
-tests/gpu/megatron_checks.py covers it.
+ROOT``); rank 0 prints one JSON line of results. megatron-core's CUDA-only calls are redirected by
+``kuberl.worker.train.megatron_cpu.megatron_on_cpu`` (the helper the backend itself uses on CPU).
+Everything else -- TP layers and collectives, sharded state dicts with their replica ids,
+dist_checkpointing save/load -- is megatron's own code on gloo. The whole backend (optimizer included)
+on CPU: megatron_backend_cpu_ranks.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import sys
@@ -22,16 +20,6 @@ import torch
 import torch.distributed as dist
 
 warnings.filterwarnings("ignore")
-
-
-def patch_cuda_only_calls() -> None:
-    from megatron.core.tensor_parallel import random as mrandom
-
-    torch.cuda.current_device = lambda: "cpu"  # type: ignore[assignment]
-    torch.cuda.synchronize = lambda *a, **k: None  # dist_checkpointing's pre-write sync: no stream here
-    mrandom.CudaRNGStatesTracker.fork = (  # type: ignore[method-assign]
-        lambda self, name="model-parallel-rng": contextlib.nullcontext()
-    )
 
 
 def tiny_glm4(out: Path) -> None:
@@ -94,14 +82,16 @@ def one_layout(tp: int, hf: Path, root: Path, rank: int) -> dict:
 
 
 def main(rank: int, world: int, port: int, root: Path) -> None:
-    patch_cuda_only_calls()
+    from kuberl.worker.train.megatron_cpu import megatron_on_cpu
+
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                             timeout=datetime.timedelta(minutes=5))
     hf = root / "hf_glm4"
     if rank == 0:
         tiny_glm4(hf)
     dist.barrier()
-    results = {f"tp{tp}": one_layout(tp, hf, root, rank) for tp in (world, 1)}
+    with megatron_on_cpu():
+        results = {f"tp{tp}": one_layout(tp, hf, root, rank) for tp in (world, 1)}
     if rank == 0:
         print("RESULT " + json.dumps(results), flush=True)
     dist.barrier()

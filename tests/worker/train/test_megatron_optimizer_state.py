@@ -68,3 +68,19 @@ def test_weight_decay_follows_megatrons_wd_mult_groups() -> None:
     assert weight_decay_for({"wd_mult": 0.0}, 0.1) == 0.0
     assert weight_decay_for({"wd_mult": 1.0}, 0.1) == 0.1
     assert weight_decay_for({}, 0.1) == 0.1
+
+
+def test_initialised_adam_state_steps_exactly_like_no_state() -> None:
+    """init_adam_state lets a never-stepped backend load a checkpoint; it must not change the first step."""
+    from kuberl.worker.train.megatron_backend import init_adam_state
+
+    torch.manual_seed(1)
+    start, grads = [torch.randn(4) for _ in range(3)], [torch.randn(4) for _ in range(3)]
+    lazy = _adam([torch.nn.Parameter(t.clone()) for t in start])
+    eager = _adam([torch.nn.Parameter(t.clone()) for t in start])
+    assert init_adam_state(eager) == 3 and init_adam_state(eager) == 0
+    assert {float(s["step"]) for s in eager.state.values()} == {0.0}
+    _step(lazy, grads)
+    _step(eager, grads)
+    for a, b in zip(lazy.param_groups[0]["params"], eager.param_groups[0]["params"], strict=True):
+        assert torch.equal(a, b)

@@ -67,7 +67,12 @@ def write_hf_checkpoint(
         for name, t in tensors
     }
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    copy_hf_metadata(source, out)
+
+
+def copy_hf_metadata(source: str | Path, out: str | Path) -> None:
+    """Copy the config, generation config and tokenizer files of the HF checkpoint ``source``."""
     for name in _COPIED:
         src = Path(source) / name
         if src.exists():
-            shutil.copy2(src, out / name)
+            shutil.copy2(src, Path(out) / name)

@@ -4,7 +4,6 @@ and exports the exact HF tensors back."""
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import pytest
@@ -15,22 +14,16 @@ pytest.importorskip("megatron.core")
 
 @pytest.fixture(scope="module")
 def cpu_megatron():
-    """megatron-core hard-codes two CUDA calls that do not change the math here: the rotary table is
-    moved to ``torch.cuda.current_device()`` and attention forks the CUDA RNG tracker (for dropout,
-    which is 0). On a CPU-only machine both are redirected; everything else is megatron's own code."""
+    """megatron-core on CPU: its CUDA-only calls (rotary table device, the RNG tracker fork for dropout,
+    which is 0) redirected by the helper the backend itself uses on CPU; everything else is megatron's."""
     from megatron.core import parallel_state
-    from megatron.core.tensor_parallel import random as mrandom
 
     from kuberl.worker.train import megatron_model as mm
+    from kuberl.worker.train.megatron_cpu import megatron_on_cpu
 
-    patch = pytest.MonkeyPatch()
-    if not torch.cuda.is_available():
-        patch.setattr(torch.cuda, "current_device", lambda: "cpu")
-        patch.setattr(mrandom.CudaRNGStatesTracker, "fork",
-                      lambda self, name="model-parallel-rng": contextlib.nullcontext())
-    mm.init_parallel(mm.Parallelism(), device=torch.device("cpu"))
-    yield mm
-    patch.undo()
+    with megatron_on_cpu():
+        mm.init_parallel(mm.Parallelism(), device=torch.device("cpu"))
+        yield mm
     parallel_state.destroy_model_parallel()
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
