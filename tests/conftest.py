@@ -6,6 +6,8 @@ docs/local-control-plane.md).
   cluster up``).
 - Missing binaries make every test marked ``cluster`` FAIL with the command that builds them,
   unless ``KUBERL_SKIP_CLUSTER=1``, which skips them instead.
+- ``@pytest.mark.tool("prometheus", ...)`` names binaries a test drives: missing ones skip it locally
+  and FAIL it when ``CI`` is set (tests/tools.py).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pytest
 
 from kuberl.devcluster import Cluster, attach, find_binaries, start_cluster, stop_cluster
 from kuberl.errors import ClusterError
+from tests.tools import require
 
 CLUSTER_NODES = 2  # fake 8×H100 nodes the session cluster starts with
 
@@ -34,6 +37,9 @@ def _cluster_unavailable() -> str | None:
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    for marker in item.iter_markers("tool"):  # @pytest.mark.tool("prometheus", ...): skip locally, fail in CI
+        for name in marker.args:
+            require(name)
     if item.get_closest_marker("cluster") is None:
         return
     if os.environ.get("KUBERL_SKIP_CLUSTER") == "1":

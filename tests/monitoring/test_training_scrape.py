@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,10 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "examples" / "tiny"
 ROLLOUTS = 3
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus missing: hack/install-tools.sh"),
-]
+pytestmark = [pytest.mark.slow, pytest.mark.tool("prometheus")]
 
 # Exported series name -> the driver's step-metric key.
 KEY_OF = {series.worker(m.key): m.key for m in METRICS}
