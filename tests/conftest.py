@@ -11,6 +11,8 @@ docs/local-control-plane.md).
 CRDs, its controller manager and the real KubeRay operator (watching ``kuberay-system``). Kueue's
 build is best effort: without its binary those tests skip on a developer machine and FAIL under CI
 (``CI`` set), where build.sh must have produced it.
+- ``@pytest.mark.tool("prometheus", ...)`` names binaries a test drives: missing ones skip it locally
+  and FAIL it when ``CI`` is set (tests/tools.py).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import yaml
 from kuberl.devcluster import Binaries, Cluster, attach, find_binaries, start_cluster, stop_cluster
 from kuberl.devcluster.kueue import require_kueue
 from kuberl.errors import ClusterError
+from tests.tools import require
 
 CLUSTER_NODES = 2  # fake 8×H100 nodes the session cluster starts with
 
@@ -42,6 +45,9 @@ def _cluster_unavailable() -> str | None:
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    for marker in item.iter_markers("tool"):  # @pytest.mark.tool("prometheus", ...): skip locally, fail in CI
+        for name in marker.args:
+            require(name)
     if item.get_closest_marker("cluster") is None:
         return
     if os.environ.get("KUBERL_SKIP_CLUSTER") == "1":

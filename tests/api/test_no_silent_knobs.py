@@ -269,10 +269,15 @@ def test_the_walk_sees_every_group() -> None:
     assert len(LEAVES) > 100
 
 
-@pytest.mark.parametrize(("path", "name", "info"), LEAVES, ids=[p for p, _, _ in LEAVES])
+def _leaf_params() -> list[Any]:
+    """Every leaf; a KNOWN_UNWIRED one is a strict xfail, so wiring it fails until the entry goes."""
+    return [pytest.param(path, name, info, id=path, marks=pytest.mark.xfail(
+        strict=True, reason=f"not read yet: {KNOWN_UNWIRED[path]}") if path in KNOWN_UNWIRED else ())
+        for path, name, info in LEAVES]
+
+
+@pytest.mark.parametrize(("path", "name", "info"), _leaf_params())
 def test_every_spec_field_has_a_consumer(path: str, name: str, info: FieldInfo) -> None:
-    if path in KNOWN_UNWIRED:
-        pytest.xfail(f"not read yet: {KNOWN_UNWIRED[path]}")
     attrs, _ = consumer_reads(("operator",))
     if path in OPERATOR_FIELDS:
         assert name in attrs, f"spec.{path} is listed as operator-only but operator/ never reads .{name}"

@@ -3,7 +3,6 @@ monitoring objects' agreement with the generated dashboards and rules."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -12,9 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kuberl.cli.main import build_parser
 from kuberl.monitoring import alerts
 from kuberl.monitoring.__main__ import DASHBOARD_DIR
 from tests.charts.conftest import CHART, NAMESPACE, REPO, VALUE_SETS, find, run_helm, template_args
+from tests.tools import require
 
 HELMS = ("helm3", "helm4")
 
@@ -91,20 +92,12 @@ def test_chart_documents_the_kuberay_requirement() -> None:
     assert "KubeRay" in chart["description"] and "KubeRay" in chart["annotations"]["kuberl.io/requires"]
 
 
-def _operator_parser_or_skip():
-    if importlib.util.find_spec("kuberl.cli.operator") is None:
-        pytest.skip("kuberl.cli.operator (the `kuberl operator` verb) is not in this tree yet")
-    from kuberl.cli.main import build_parser
-
-    return build_parser()
-
-
 @pytest.mark.parametrize("value_set", sorted(VALUE_SETS))
 def test_deployment_command_is_accepted_by_the_operator_cli(render, value_set: str) -> None:
     """The container runs `kuberl operator ...`; kuberl's own parser must accept exactly those arguments."""
     [container] = _deployment(render(value_set))["spec"]["template"]["spec"]["containers"]
     assert container["command"] == ["kuberl"]
-    parser = _operator_parser_or_skip()
+    parser = build_parser()
     args = parser.parse_args(container["args"])  # exits (SystemExit) on an unknown flag
     assert args.command == "operator"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -178,9 +171,7 @@ def test_watched_namespaces_get_roles_only_there(render) -> None:
 def test_prometheus_rule_is_the_tested_rule_file(render, tmp_path: Path) -> None:
     [rule] = find(render("feature"), "PrometheusRule")
     assert rule["spec"] == alerts.rule_groups()
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool missing: run hack/install-tools.sh")
+    promtool = require("promtool")
     path = tmp_path / "chart-rules.yaml"
     path.write_text(yaml.safe_dump(rule["spec"]))
     out = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
@@ -253,8 +244,8 @@ def test_rbac_service_account_and_service_can_be_turned_off(render, helm: str) -
 
 @pytest.fixture(scope="module")
 def monitoring_models() -> Path:
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.skip("node/npm missing: the Prometheus Operator models are an npm package")
+    require("node")
+    require("npm")
     out = subprocess.run([str(REPO / "hack" / "fetch-monitoring-models.sh")], capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr

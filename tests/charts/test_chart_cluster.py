@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from kuberl.devcluster import Cluster
 from kuberl.monitoring import dashboards
 from kuberl.monitoring.prometheus import LocalPrometheus, free_port
 from tests.charts.conftest import CHART, FEATURE_VALUES, REPO, run_helm
@@ -42,13 +43,9 @@ class Kubectl:
 
 
 @pytest.fixture(scope="module")
-def kubeconfig(request: pytest.FixtureRequest) -> str:
+def kubeconfig(kube_cluster: Cluster) -> str:
     """The kubeconfig of tests/conftest.py's ``kube_cluster`` (the real local control plane)."""
-    try:
-        cluster = request.getfixturevalue("kube_cluster")
-    except pytest.FixtureLookupError:
-        pytest.skip("no kube_cluster fixture in this tree (tests/conftest.py)")
-    return str(getattr(cluster, "kubeconfig", cluster))
+    return str(kube_cluster.kubeconfig)
 
 
 @pytest.fixture(scope="module")

@@ -1,22 +1,17 @@
 """Runs tests/gpu/megatron_checks.py under torchrun: TP1 on one GPU, TP2 and DP2 on two (skipped without
-CUDA or megatron-core). The checks and their tolerances are documented in that script."""
+CUDA). The checks and their tolerances are documented in that script."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
-    pytest.mark.skipif(importlib.util.find_spec("megatron") is None, reason="needs megatron-core"),
-]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 SCRIPT = Path(__file__).with_name("megatron_checks.py")
 
 

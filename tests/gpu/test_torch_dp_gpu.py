@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 SCRIPT = Path(__file__).with_name("torch_dp_checks.py")
 ROOT = Path(__file__).resolve().parents[2]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,9 +16,9 @@ from kuberl.monitoring import alerts, dashboards
 from kuberl.monitoring.prometheus import LocalPrometheus, free_port
 from kuberl.operator import metrics as operator_metrics
 from kuberl.worker.metrics import METRICS, Kind, MetricsExporter
+from tests.tools import require
 
-pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None,
-                                reason="prometheus missing: run hack/install-tools.sh")
+pytestmark = pytest.mark.tool("prometheus")
 
 JOB = "tiny-grpo"
 STEPS = 6
@@ -119,9 +118,7 @@ def test_every_alert_expression_evaluates_in_prometheus(scraped, name: str, expr
 
 
 def test_exposition_passes_promtool_lint(scraped) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool missing")
+    promtool = require("promtool")
     prom, _ = scraped
     driver = next(t for t in httpx.get(f"{prom.url}/api/v1/targets").json()["data"]["activeTargets"]
                   if t["labels"]["job"] == "driver")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +18,8 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
+from tests.tools import require
+
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "kuberl.io_rltrainingjobs.yaml"
 T = TypeVar("T")
@@ -29,10 +30,7 @@ def kubectl_binary() -> str:
     cached = cached / "tools" / "kubectl-v1.35" / "kubectl"
     if cached.exists():
         return str(cached)
-    found = shutil.which("kubectl")
-    if not found:
-        pytest.skip("no kubectl (run hack/fetch-helm.sh)")
-    return found
+    return require("kubectl")
 
 
 def wait_for(check: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.2,

@@ -3,7 +3,8 @@ the real scheduler puts each group on fake 8×H100 nodes with the GPUs the place
 
 Ray itself never runs (kwok pods have no processes), so the driver never reports RUNNING; the job stops
 at Starting with the cluster ready, which is as far as a cluster without GPUs can go. KubeRay is built on
-a best-effort basis (hack/cluster/build.sh); without its binary these tests are skipped.
+a best-effort basis (hack/cluster/build.sh); without its binary these tests are skipped locally and fail
+under CI.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from kuberl.devcluster import (
     stop_cluster,
 )
 from tests.operator.conftest import Kubectl, OperatorProcess, wait_for
+from tests.tools import missing_tool
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -36,7 +38,7 @@ H100 = "NVIDIA-H100-80GB-HBM3"
 def kuberay_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A control plane of its own with the real KubeRay operator (it watches kuberay-system only)."""
     if find_binaries().kuberay_operator is None:
-        pytest.skip("the KubeRay operator binary was not built (hack/cluster/build.sh: best effort)")
+        missing_tool("the KubeRay operator binary", "hack/cluster/build.sh builds it (see its kuberay.log)")
     cluster = start_cluster(tmp_path_factory.mktemp("kuberay-cluster"), nodes=1,
                             kuberay_operator=True, remove_on_stop=False)
     try:

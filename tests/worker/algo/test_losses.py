@@ -1,4 +1,9 @@
-"""Policy loss terms against hand-computed values, and the packing invariance of loss and gradients."""
+"""Policy loss terms against hand-computed values, and the packing invariance of loss and gradients.
+
+The invariance tests here drive ``policy_loss_sum`` through ``plan_step``/``pack_sequences``, the packer the
+Megatron backend uses, on a toy packed model; the torch backend's own ``train_step`` is proved invariant in
+tests/worker/train/test_torch_backend_packing.py.
+"""
 
 from __future__ import annotations
 

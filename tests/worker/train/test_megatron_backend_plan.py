@@ -9,8 +9,6 @@ import random
 import pytest
 import torch
 
-pytest.importorskip("megatron.core")
-
 from kuberl.worker.algo import losses
 from kuberl.worker.train.batch import TrainSample
 from kuberl.worker.train.megatron_backend import rank_micro_batches

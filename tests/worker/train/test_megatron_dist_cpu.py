@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("megatron.core")
 pytestmark = pytest.mark.slow
 
 SCRIPT = Path(__file__).with_name("megatron_cpu_ranks.py")

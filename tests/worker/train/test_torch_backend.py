@@ -1,9 +1,9 @@
-"""The torch trainer backend agrees with the engine and learns; packing does not change its update."""
+"""The torch trainer backend agrees with the engine, learns, saves and resumes (packing invariance of its
+update: test_torch_backend_packing.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import copy
 from pathlib import Path
 
 import pytest
@@ -50,23 +50,6 @@ def samples_for(tokens: list[list[int]], advantages: list[float]) -> list[TrainS
         r = len(t) - 3
         out.append(TrainSample(tokens=t, prompt_len=3, advantages=[a] * r, loss_mask=[1] * r))
     return out
-
-
-def test_train_step_with_packing_equals_one_sample_micro_batches(tiny_model_dir: Path) -> None:
-    tokens = [[5, 6, 7, 8, 9, 10], [5, 6, 7, 11], [5, 6, 7, 12, 13, 14, 15, 16], [5, 6, 7, 9, 9]]
-    samples = samples_for(tokens, [1.0, -1.0, 0.5, -0.5])
-    a = backend(tiny_model_dir, micro_batch_size=1)
-    b = backend(tiny_model_dir, use_dynamic_batch_size=True, max_tokens_per_gpu=12)
-    for trainer in (a, b):
-        old = trainer.compute_logprobs(samples)
-        batch = copy.deepcopy(samples)
-        for s, lp in zip(batch, old, strict=True):
-            s.old_logprobs = lp
-        trainer.metrics = trainer.train_step(batch)
-    assert a.metrics["train/loss"] == pytest.approx(b.metrics["train/loss"], abs=1e-6)
-    assert a.metrics["train/grad_norm"] == pytest.approx(b.metrics["train/grad_norm"], rel=1e-5)
-    for (name, pa), (_, pb) in zip(a.model.named_parameters(), b.model.named_parameters(), strict=True):
-        assert torch.allclose(pa, pb, atol=1e-6), name
 
 
 def test_positive_advantage_raises_the_sampled_tokens_probability(tiny_model_dir: Path) -> None:

@@ -34,7 +34,8 @@ ADAM = {"type": "adam", "lr": 1e-3, "min_lr": 0.0, "lr_decay_style": "constant",
 
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[None]:
-    ray = pytest.importorskip("ray")
+    import ray
+
     for attempt in range(3):  # Ray's 30 s start-up wait can lapse on a busy CI machine
         try:
             ray.init(num_cpus=6, include_dashboard=False, configure_logging=False, log_to_driver=False)
@@ -83,9 +84,9 @@ def groups(ray_cluster: None) -> Iterator[Groups]:
 
 
 def config(model_dir: Path, optimizer: dict, **kw) -> TorchBackendConfig:
+    batching = {"use_dynamic_batch_size": True, "max_tokens_per_gpu": 16, **kw}
     return TorchBackendConfig(hf_checkpoint=str(model_dir), loss=LossConfig.from_algorithm(ALGO), optimizer=optimizer,
-                              device="cpu", dtype="float64", use_dynamic_batch_size=True,
-                              max_tokens_per_gpu=16, **kw)
+                              device="cpu", dtype="float64", **batching)
 
 
 def step_samples(seed: int) -> list[TrainSample]:
@@ -146,6 +147,21 @@ def test_two_cpu_ranks_give_the_one_rank_logprobs_loss_and_gradients(
     assert any(not torch.equal(before[k], after_one[k]) for k in before)
     digests = two.weights_digests()
     assert len(digests) == 2 and digests[0] == digests[1]  # both replicas took the same step
+
+
+def test_two_ranks_with_other_micro_batches_give_the_one_rank_update(
+    groups: Groups, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Data parallelism and packing together: 2 ranks with fixed 2-sample micro-batches take the step
+    of 1 rank packing by a 40-token budget (the normaliser counts the whole step on every rank)."""
+    one = groups.make(1, config(tiny_model_dir, SGD, max_tokens_per_gpu=40))
+    two = groups.make(2, config(tiny_model_dir, SGD, use_dynamic_batch_size=False, micro_batch_size=2))
+    samples = step_samples(6)
+    m_one, m_two = one.train_step(samples), two.train_step(samples)
+    for key in ("train/loss", "train/pg_loss", "train/entropy", "train/grad_norm", "train/logprob_diff"):
+        assert m_two[key] == pytest.approx(m_one[key], abs=1e-6, rel=0), key
+    assert m_one["train/grad_norm"] > 1e-3
+    assert_close(saved_weights(one, tmp_path / "one"), saved_weights(two, tmp_path / "two"), atol=1e-6)
 
 
 def test_more_ranks_than_samples_still_steps_identically(

@@ -9,8 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("megatron.core")
-
 
 @pytest.fixture(scope="module")
 def cpu_megatron():
