@@ -62,6 +62,7 @@ def init_local_ray(attempts: int = 3, **init_kwargs: Any) -> None:
     """
     import ray
 
+    init_kwargs.setdefault("address", "local")  # a new node of our own, never another `ray start` cluster
     for attempt in range(1, attempts + 1):
         try:
             ray.init(**init_kwargs)

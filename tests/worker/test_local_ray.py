@@ -85,7 +85,7 @@ def test_a_node_that_misses_rays_start_up_window_is_started_again(monkeypatch: p
     monkeypatch.setattr(ray, "init", flaky_init)
     monkeypatch.setattr(ray, "shutdown", lambda: None)
     init_local_ray(num_cpus=2)
-    assert calls == [{"num_cpus": 2}] * 3
+    assert calls == [{"num_cpus": 2, "address": "local"}] * 3
     calls.clear()
     with pytest.raises(Exception, match="timed out during startup"):
         init_local_ray(attempts=2, num_cpus=2)
