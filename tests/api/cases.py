@@ -158,3 +158,7 @@ BAD_CASES: list[BadCase] = [
     BadCase("router-policy-not-a-choice", _with("spec.sglang.routerArgs", {"policy": "fastest"}),
             "spec.sglang.routerArgs.policy", "not one of cache_aware", "pydantic"),
 ]
+
+# Every RLTrainingJob manifest under examples/ (examples/kueue holds the queue objects, not jobs).
+JOB_EXAMPLES = sorted(p for p in EXAMPLES.rglob("*.yaml")
+                      if "build" not in p.parts and "kind: RLTrainingJob" in p.read_text())

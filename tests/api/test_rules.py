@@ -18,7 +18,7 @@ from kuberl.api.base import SpecModel
 from kuberl.api.crd import build_crd
 from kuberl.api.spec import RLTrainingJobSpec
 from kuberl.api.spec.rollout import IMPORT_PATH_PATTERN
-from tests.api.cases import BAD_CASES, EXAMPLES, valid_manifest
+from tests.api.cases import BAD_CASES, JOB_EXAMPLES, valid_manifest
 
 
 def _all_rules() -> dict[str, tuple[str, Any]]:
@@ -81,7 +81,7 @@ def test_cel_rejects_what_python_rejects(case) -> None:
 
 
 @pytest.mark.parametrize(
-    "example", sorted(p for p in EXAMPLES.rglob("*.yaml") if "build" not in p.parts), ids=str
+    "example", JOB_EXAMPLES, ids=str
 )
 def test_cel_accepts_every_example(example) -> None:
     manifest = _apply_defaults(yaml.safe_load(example.read_text()), SCHEMA)

@@ -9,9 +9,9 @@ import pytest
 from kuberl.api import load_jobs, parse_job
 from kuberl.cli.main import main
 from kuberl.errors import SpecError
-from tests.api.cases import BAD_CASES, EXAMPLES, BadCase, valid_manifest
+from tests.api.cases import BAD_CASES, JOB_EXAMPLES, BadCase, valid_manifest
 
-EXAMPLE_FILES = sorted(p for p in EXAMPLES.rglob("*.yaml") if "build" not in p.parts)
+EXAMPLE_FILES = JOB_EXAMPLES
 
 
 @pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.name)
