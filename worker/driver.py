@@ -706,8 +706,21 @@ def _ray_initialized() -> bool:
     return ray is not None and ray.is_initialized()
 
 
+def _child_processes() -> set[Any]:
+    import psutil
+
+    return set(psutil.Process().children(recursive=True))  # a Process is its pid and start time
+
+
+def _children_since(before: set[Any]) -> list[Any]:
+    """This process's descendants that were not in ``before``: the run's own (Ray, the grading pool)."""
+    return [p for p in _child_processes() if p not in before]
+
+
 def _stop_local_ray(children: list[Any]) -> None:
-    """Shut Ray down and make sure none of its processes outlives this one."""
+    """Shut Ray down and make sure none of its processes outlives this one. ``children`` are only the
+    processes started during the run: a caller's own children (a test session's control plane) are
+    never touched."""
     import psutil
     import ray
 
@@ -749,6 +762,7 @@ def run_job(job: RLTrainingJob, options: DriverOptions) -> list[dict[str, float]
     started = time.monotonic()
     driver: Driver | None = None
     history: list[dict[str, float]] = []
+    before = _child_processes() if local else set()  # the caller's processes, which cleanup leaves alone
     try:
         driver = Driver(job, options)
         driver.start()
@@ -767,9 +781,7 @@ def run_job(job: RLTrainingJob, options: DriverOptions) -> list[dict[str, float]
         with _sigint_ignored(local):
             if local:
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            import psutil
-
-            children = psutil.Process().children(recursive=True) if local else []
+            children = _children_since(before) if local else []
             if driver is not None:
                 driver.stop()
             if local:

@@ -26,7 +26,13 @@ from kuberl.api import load_jobs
 from kuberl.api.resolve import resolve
 from kuberl.worker import checkpoint as ckpt
 from kuberl.worker.data.cursor import PromptCursor
-from kuberl.worker.driver import Driver, DriverOptions, _stop_local_ray
+from kuberl.worker.driver import (
+    Driver,
+    DriverOptions,
+    _child_processes,
+    _children_since,
+    _stop_local_ray,
+)
 from kuberl.worker.train.batch import TrainSample
 from kuberl.worker.train.torch_backend import TorchBackend, TorchBackendConfig
 from tests.e2e.conftest import kuberl_cmd, tiny_job
@@ -185,6 +191,9 @@ def test_sigkill_with_dynamic_sampling_and_partial_rollout_restores_buffer_optim
     assert moved > 1e-4, "the checkpointed policy differs from the initial one (the check can fail)"
 
     # Resume in this process through the driver's own start-up, so its state can be read back.
+    # The caller's own children (a test session's control planes) must survive the driver's clean-up.
+    bystander = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    before = _child_processes()
     driver = Driver(spec, DriverOptions(run_dir=run_dir, progress_bar=False))
     try:
         driver.start()
@@ -201,9 +210,14 @@ def test_sigkill_with_dynamic_sampling_and_partial_rollout_restores_buffer_optim
             assert a == pytest.approx(b, abs=1e-6, rel=0)
         driver.run()
     finally:
-        children = psutil.Process().children(recursive=True)  # Ray's processes, the grading pool
+        children = _children_since(before)  # Ray's processes, the grading pool
         driver.stop()
         _stop_local_ray(children)
+        survived = bystander.poll() is None
+        bystander.kill()
+        bystander.wait()
+    assert survived, "the clean-up killed a process the caller had started before the run"
+    assert not [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
     # (d) the audit: every rollout once, no sample trained twice, the buffer's groups carried over.
     records = read_jsonl(samples_log)[len(killed):]

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
 from collections import Counter
 
 import pytest
 
 from kuberl.api import load_jobs
 from kuberl.api.resolve import resolve
-from kuberl.worker.driver import fill_advantages, rollout_metrics, to_train_samples
+from kuberl.worker.driver import (
+    _child_processes,
+    _children_since,
+    fill_advantages,
+    rollout_metrics,
+    to_train_samples,
+)
 from kuberl.worker.rollout.dynamic_sampling import RolloutResult
 from kuberl.worker.rollout.generate import make_group
 from kuberl.worker.rollout.sample import SampleStatus
@@ -67,3 +74,19 @@ def test_megatron_without_megatron_core_fails_before_anything_starts(tmp_path, m
     job = load_jobs(EXAMPLES / "glm4-9b-dapo-math.yaml")[0]
     with pytest.raises(SpecError, match=r"spec\.backends\.trainer: .*pip install kuberl\[megatron\]"):
         Driver(job, DriverOptions(in_cluster=True, run_dir=tmp_path))
+
+
+def test_cleanup_targets_only_processes_started_after_the_snapshot() -> None:
+    """In-process runs (tests, benches) must never kill their caller's children, e.g. a control plane."""
+    older = subprocess.Popen(["sleep", "60"])
+    try:
+        before = _child_processes()
+        newer = subprocess.Popen(["sleep", "60"])
+        try:
+            assert [p.pid for p in _children_since(before)] == [newer.pid]
+        finally:
+            newer.kill()
+            newer.wait()
+    finally:
+        older.kill()
+        older.wait()
