@@ -138,6 +138,8 @@ def run_ours(build: Path, args: argparse.Namespace) -> dict[str, Any]:
         "zero_std": [h.get("rollout/zero_std_ratio", float("nan")) for h in history],
         "response_len": statistics.fmean(h["rollout/response_len_mean"] for h in measured),
         "startup_s": first_end[0] - T0 - history[0]["time/step_s"] if first_end else float("nan"),
+        # the driver's own stages (ray, engines, trainer beyond the engines, router and resume)
+        "startup_stages": json.loads((run_dir / "summary.json").read_text()).get("startup_s", {}),
     }
 
 
@@ -342,6 +344,9 @@ def _report_steps(args: argparse.Namespace, ours: dict[str, dict[str, Any]], trl
         print(f"kuberl ({name}) / TRL: step time {ratio:.2f} (target <= 0.50: "
               f"{'met' if ratio <= 0.5 else 'not met'}), start-up {start:.2f} (target <= 1: "
               f"{'met' if start <= 1 else 'not met'})")
+        if side.get("startup_stages"):
+            print(f"  kuberl ({name}) start-up inside the driver: "
+                  + ", ".join(f"{k} {v:.1f} s" for k, v in side["startup_stages"].items()))
 
 
 def _report_learn(args: argparse.Namespace, runs: dict[str, dict[str, Any]], loads: list[float]) -> None:

@@ -200,6 +200,7 @@ class Driver:
         self.current_rollout: int | None = None  # the rollout in progress (for "interrupted at")
         self.last_saved: tuple[int, str] | None = None  # (rollout, path) of the newest checkpoint
         self._engines: list[Any] = []
+        self.startup_s: dict[str, float] = {}  # seconds per start-up stage (ray, engines, trainer, ...)
         self.engine_urls: list[str] = []
         self.trainer: Any = None
         # Weight sync: the transport is a pure function of the config (KUBERL_WEIGHT_SYNC=disk asks for
@@ -220,6 +221,14 @@ class Driver:
 
     # ---- set-up ------------------------------------------------------------------------------------
     def start(self) -> None:
+        began = last = time.monotonic()
+
+        def mark(stage: str) -> None:  # start-up seconds per stage, logged once the driver is ready
+            nonlocal last
+            now = time.monotonic()
+            self.startup_s[stage] = now - last
+            last = now
+
         if self.options.ray_address is None and not _ray_initialized():
             prepare_local_ray()  # before Ray is imported: loopback listeners, a per-run auth token
         import ray
@@ -240,6 +249,7 @@ class Driver:
                 else:
                     ray.init(address=self.options.ray_address, **kwargs)
         groups = create_placement_groups(plan)
+        mark("ray")
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         def on(group: Any, index: int) -> Any:
@@ -264,11 +274,16 @@ class Driver:
         ]
         self._engines = [self._engine_actor(i) for i in range(len(self._engine_strategies))]
         self.engine_urls = ray.get([e.start.remote() for e in self._engines])
+        mark("engines")
         self.trainer.ping()
+        mark("trainer")  # built while the engines started: only what it took beyond them
         log.info("%d trainer rank(s) ready", self.trainer.world_size)
         log.info("engines ready at %s", self.engine_urls)
         asyncio.run(self._start_router())
         self._resume()
+        mark("router_and_resume")
+        log.info("start-up %.1f s: %s", time.monotonic() - began,
+                 ", ".join(f"{k} {v:.1f} s" for k, v in self.startup_s.items()))
         if self.options.metrics_port is not None:
             port = self.metrics.serve(self.options.metrics_port)
             log.info("metrics on :%d/metrics", port)
@@ -789,7 +804,9 @@ def run_job(job: RLTrainingJob, options: DriverOptions) -> list[dict[str, float]
                 signal.signal(signal.SIGTERM, previous_term or signal.SIG_DFL)
                 signal.signal(signal.SIGINT, previous_int or signal.default_int_handler)
     saved = driver.last_saved[1] if driver and driver.last_saved else None
-    (options.run_dir / "summary.json").write_text(json.dumps(summary_record(history, options.run_dir)))
+    record = {**summary_record(history, options.run_dir),
+              "startup_s": {k: round(v, 2) for k, v in (driver.startup_s if driver else {}).items()}}
+    (options.run_dir / "summary.json").write_text(json.dumps(record))
     print(f"kuberl: {job.metadata.name} done\n"
           f"{summary_table(history, options.run_dir, saved, time.monotonic() - started)}", flush=True)
     return history

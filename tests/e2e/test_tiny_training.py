@@ -45,6 +45,9 @@ def test_kuberl_train_raises_reward_on_the_tiny_task(easy_tiny_build: Path, tmp_
     assert any("eval/score" in r for r in rows)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["rollouts"] == 30
+    # Where start-up went, stage by stage (the TRL race compares start-up; users ask why it is slow).
+    assert list(summary["startup_s"]) == ["ray", "engines", "trainer", "router_and_resume"]
+    assert all(v >= 0 for v in summary["startup_s"].values()) and summary["startup_s"]["engines"] > 0
     assert "reward" in proc.stdout and "kuberl plot" in proc.stdout  # the final table
     assert "fresh start (rollout 0/30)" in proc.stderr  # the start-up header
     assert (tmp_path / "checkpoints" / "rollout_000029").is_dir()
