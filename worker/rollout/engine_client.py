@@ -3,6 +3,10 @@
 Only idempotent calls are retried (health, info, abort, pause/continue, flush, disk and version updates);
 ``/generate`` is never resent, because a duplicate would double-count samples: the caller requeues.
 Every failure becomes an :class:`EngineHTTPError` carrying the engine's own message.
+
+The transport is aiohttp: a rollout sends tens of concurrent ``/generate`` calls per engine, and on a
+2-core machine httpx's connection pool spent 0.3-0.6 s per 32-request wave where aiohttp spent
+~0.02 s (measured with the embedded engine; issue 15).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 import torch
 
 from kuberl.errors import EngineError
@@ -118,7 +122,23 @@ def _span(span: Any) -> dict[str, Any]:
     return {"version": str(version), "start": int(start), "end": int(end)}
 
 
-def error_message(response: httpx.Response) -> str:
+@dataclass(frozen=True)
+class EngineResponse:
+    """An answer read whole (status and body), so callers never hold a live connection."""
+
+    status_code: int
+    content: bytes
+    reason_phrase: str = ""
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+def error_message(response: EngineResponse) -> str:
     """The human message inside any of SGLang's error shapes (sglang-api.md §1)."""
     try:
         body = response.json()
@@ -136,7 +156,8 @@ def error_message(response: httpx.Response) -> str:
 
 
 class EngineClient:
-    """One engine's URL. Pass ``client`` to share a connection pool among many engines."""
+    """One engine's URL. Pass ``session`` to share a connection pool among many engines (the caller
+    closes it); otherwise the client opens its own on first use, in the running event loop."""
 
     sends_batches = True  # SGLang takes a batch of input_ids in one /generate (generate_batch)
 
@@ -147,22 +168,34 @@ class EngineClient:
         timeout: float | None = None,
         retries: int = 3,
         backoff_s: float = 0.5,
-        client: httpx.AsyncClient | None = None,
+        session: aiohttp.ClientSession | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.retries = retries
         self.backoff_s = backoff_s
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        # Idle connections expire before uvicorn's 5 s keep-alive: reusing one the server is closing
-        # fails a /generate with "server disconnected", which must not be resent (samples would double).
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=64, keepalive_expiry=2.0)
-        self._own = client is None
-        self._client = client or httpx.AsyncClient(timeout=timeout, limits=limits)
-        self._headers = headers
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._own = session is None
+        self._session = session
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        """The session, (re)opened in the running loop: a driver runs each stage in its own asyncio.run,
+        and a session cannot outlive the loop it was opened in."""
+        loop = asyncio.get_running_loop()
+        if self._session is None or (self._own and self._loop is not loop):
+            # Idle connections expire before uvicorn's 5 s keep-alive: reusing one the server is closing
+            # fails a /generate with "server disconnected", which must not be resent (samples would double).
+            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=2.0)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+            self._loop = loop
+        return self._session
 
     async def aclose(self) -> None:
-        if self._own:
-            await self._client.aclose()
+        if self._own and self._session is not None:
+            if self._loop is asyncio.get_running_loop():
+                await self._session.close()
+            self._session = None
 
     async def __aenter__(self) -> EngineClient:
         return self
@@ -174,15 +207,16 @@ class EngineClient:
     async def _request(
         self, method: str, path: str, body: Any = None, idempotent: bool = False,
         ok: tuple[int, ...] = (200,), params: dict[str, Any] | None = None,
-    ) -> httpx.Response:
+    ) -> EngineResponse:
         attempts = 1 + (self.retries if idempotent else 0)
         last: EngineHTTPError | None = None
         for attempt in range(attempts):
             try:
-                resp = await self._client.request(
+                async with self._client().request(
                     method, self.url + path, json=body, headers=self._headers, params=params
-                )
-            except httpx.TransportError as e:
+                ) as raw:
+                    resp = EngineResponse(raw.status, await raw.read(), raw.reason or "")
+            except (TimeoutError, aiohttp.ClientError, OSError) as e:
                 last = EngineHTTPError(f"{type(e).__name__}: {e}", self.url + path)
             else:
                 if resp.status_code in ok:

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
-import httpx
+import json
+
 import pytest
 
 from kuberl.worker.rollout.engine_client import (
     EngineClient,
     EngineHTTPError,
+    EngineResponse,
     GenerateOutput,
     context_length_from,
     error_message,
@@ -21,8 +23,9 @@ from tests.worker.conftest import free_port
     (400, {"success": False, "message": "no such file"}, "no such file"),
 ])
 def test_error_message_reads_every_sglang_error_shape(status, body, message):
-    assert error_message(httpx.Response(status, json=body)).startswith(message)
-    assert error_message(httpx.Response(400, text="Cache not flushed")) == "Cache not flushed"
+    assert error_message(EngineResponse(status, json.dumps(body).encode())).startswith(message)
+    assert error_message(EngineResponse(400, b"Cache not flushed")) == "Cache not flushed"
+    assert error_message(EngineResponse(502, b"", "Bad Gateway")) == "Bad Gateway"
 
 
 def test_generate_output_takes_tokens_and_logprobs_from_the_triples():
