@@ -38,15 +38,16 @@ def _job_file(tmp: Path) -> Path:
     """The tiny example with its own checkpoint dir, a few rollouts and an evaluation every rollout, and
     every mechanism with a metric switched on: a KL loss (reference model), over-sampling with a filter
     that drops groups, and partial rollout. Rollout 0's groups run in lock step to maxResponseLen, so those
-    past the target finish late (buffered); rollout 1 reaches its target with them alone and aborts its
-    fresh groups mid-response; rollout 2 resumes those partial responses."""
+    past the target finish late (buffered); rollout 1 takes only 4 of them (the buffer filter), so it must
+    finish fresh groups and aborts the rest mid-response; rollout 2 takes those partial groups first."""
     if not (TINY / "build" / "model").exists():
         subprocess.run([sys.executable, str(TINY / "prepare.py")], check=True, cwd=REPO, timeout=300)
     return snapshot.isolated_job(
         TINY / "job.yaml", tmp, checkpoint={"saveInterval": 1}, eval={"interval": 1},
         rollout={"numRollout": ROLLOUTS, "batchSize": 16, "overSamplingBatchSize": 48, "maxResponseLen": 64,
                  "partialRollout": True,
-                 "dynamicSamplingFilterPath": "tests.monitoring.run_hooks:drop_every_third_group"},
+                 "dynamicSamplingFilterPath": "tests.monitoring.run_hooks:drop_every_third_group",
+                 "bufferFilterPath": "tests.monitoring.run_hooks:partial_groups_first"},
         algorithm={"useKlLoss": True, "klLossCoef": 0.01},
     )
 
