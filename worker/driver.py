@@ -387,6 +387,7 @@ class Driver:
             server_concurrency=c.server_concurrency,
             custom_generate=load_hook(c.custom_generate_function_path, "customGenerateFunctionPath"),
             batch_groups=self.levers.batch_generate,
+            exclusive_engines=True,  # nothing else runs on this job's engines during a training rollout
         )
         endpoint = self._endpoint()
         try:

@@ -62,6 +62,11 @@ class CollectorSettings:
     max_waves: int = 64  # a filter that drops everything must fail loudly, not spin forever
     max_failed_retries: int = 3
     abort_interval_s: float = 0.2  # re-send aborts this often until every request came back
+    # The engines serve this collection alone (the driver's training rollout): the first abort round is one
+    # abort_all per engine, as slime does, instead of one request per rid (hundreds, which let the engine
+    # finish most responses before the aborts arrived); later rounds re-send exact rids for requests the
+    # engine had not registered yet. Off: exact rids only (hooks and shared engines).
+    exclusive_engines: bool = False
     abort_timeout_s: float = 300.0  # then give up loudly
 
     def __post_init__(self) -> None:
@@ -218,10 +223,14 @@ class TrackedEndpoint:
         if rid:
             await self.endpoint.abort(rid)
 
-    async def abort_in_flight(self) -> int:
-        """One abort per rid still in flight, each to its engine. Returns how many were sent."""
+    async def abort_in_flight(self, everything: bool = False) -> int:
+        """One abort per rid still in flight, each to its engine; or, with ``everything``, one abort_all per
+        engine. Returns how many requests were in flight."""
         rids = list(self.in_flight)
-        await asyncio.gather(*(self.endpoint.abort(rid) for rid in rids))
+        if everything and rids:
+            await self.endpoint.abort(abort_all=True)
+        else:
+            await asyncio.gather(*(self.endpoint.abort(rid) for rid in rids))
         return len(rids)
 
 
@@ -356,7 +365,8 @@ async def collect_rollout(
         return normalize_verdict(group_filter(filter_args, group, rollout_id=rollout_id))
 
     async def send_aborts() -> None:
-        if await flight.abort_in_flight():
+        first = result.abort_rounds == 0
+        if await flight.abort_in_flight(everything=first and settings.exclusive_engines):
             result.abort_rounds += 1
 
     if launch_wave() == 0:

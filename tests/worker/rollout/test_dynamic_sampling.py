@@ -258,6 +258,39 @@ async def test_aborts_hit_only_the_collectors_own_requests(thread_engine, prompt
     assert other.finish_reason == {"type": "length", "length": 300}  # no abort_all
 
 
+class AbortLog(LateArrival):
+    """LateArrival that also passes abort_all on, recording it as ``"*"``."""
+
+    async def abort(self, rid=None, abort_all=False):
+        self.aborts.append("*" if abort_all else rid)
+        await self.client.abort(rid, abort_all=abort_all)
+
+
+@pytest.mark.parametrize("delay_s", [0.0, 0.5])
+async def test_exclusive_engines_abort_everything_once_then_exact_rids(thread_engine, prompt_ids, delay_s):
+    """The driver's training rollout owns its engines: one abort_all stops every running response at once
+    (partials kept); requests the engine had not registered yet (``delay_s``) get exact-rid rounds after."""
+    next_groups, _ = source(prompt_ids)
+    buffer = PartialRolloutBuffer()
+    buffer.put(finished_group(prompt_ids, 999))
+    async with EngineClient(thread_engine.url) as client:
+        endpoint = AbortLog(client, delay_s=delay_s)
+        result = await collect_rollout(
+            endpoint, 0, settings(target_groups=1, over_sampling_groups=3, max_new_tokens=LONG,
+                                  partial_rollout=True, exclusive_engines=True),
+            next_groups, reward_by_group(lambda g, k: float(k), slow_group=None if delay_s else 999), buffer,
+        )
+    samples = [s for g in buffer.groups for s in g]
+    assert len(samples) == 2 * G and all(s.response_length < LONG for s in samples)
+    assert endpoint.aborts[0] == "*" and endpoint.aborts.count("*") == 1
+    if delay_s:  # abort_all found nothing registered: the stragglers were aborted by their own rids
+        assert result.abort_rounds >= 2 and len(endpoint.aborts) > 1
+        assert {int(r.rsplit("-", 1)[1]) for r in endpoint.aborts[1:]} == {s.index for s in samples}
+    else:  # running mid-response when abort_all arrived: one round, partial tokens kept
+        assert result.abort_rounds == 1 and endpoint.aborts == ["*"]
+        assert all(s.response_length > 0 for s in samples)
+
+
 # ---- late groups and stale tokens (issue 13) ----------------------------------------------------------------
 
 def graded_group(prompt_ids, group_index: int, version: str) -> list[Sample]:
