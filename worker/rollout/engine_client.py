@@ -15,13 +15,14 @@ import asyncio
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import torch
 
 from kuberl.errors import EngineError
-from kuberl.worker.tensor_payload import encode_named_tensors
+
+if TYPE_CHECKING:
+    import torch
 
 FINISH_TYPES = ("stop", "length", "abort")
 
@@ -366,6 +367,9 @@ class EngineClient:
         abort_all_requests: bool = False,
     ) -> dict[str, Any]:
         """Embedded-engine form (torch.save bytes, see tensor_payload); real SGLang wants IPC handles."""
+        # torch only here: the engine host actor imports this module and must start fast (8 s with torch)
+        from kuberl.worker.tensor_payload import encode_named_tensors
+
         body = {"serialized_named_tensors": [encode_named_tensors(named_tensors)],
                 "load_format": None, "flush_cache": True, "weight_version": weight_version,
                 "abort_all_requests": abort_all_requests}
