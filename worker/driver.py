@@ -42,8 +42,8 @@ from kuberl.worker.console import (
     summary_record,
     summary_table,
 )
-from kuberl.worker.engine.host import EngineHost
-from kuberl.worker.engine.launcher import seeded_sampling
+from kuberl.worker.engine.host import EngineHost, launch_local_engine, prelaunch_engines
+from kuberl.worker.engine.launcher import ManagedProcess, seeded_sampling
 from kuberl.worker.import_path import load_callable
 from kuberl.worker.levers import Levers
 from kuberl.worker.local_ray import init_local_ray, prepare_local_ray
@@ -200,6 +200,7 @@ class Driver:
         self.current_rollout: int | None = None  # the rollout in progress (for "interrupted at")
         self.last_saved: tuple[int, str] | None = None  # (rollout, path) of the newest checkpoint
         self._engines: list[Any] = []
+        self._prelaunched: list[ManagedProcess] = []  # local CPU engines started before Ray
         self.startup_s: dict[str, float] = {}  # seconds per start-up stage (ray, engines, trainer, ...)
         self.engine_urls: list[str] = []
         self.trainer: Any = None
@@ -235,6 +236,21 @@ class Driver:
 
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
         plan = plan_placement(self.config, use_gpus=self._use_gpus, in_cluster=self.options.in_cluster)
+        self._engine_spec = {
+            "model_path": self.config.hf_checkpoint,
+            "kind": self.config.rollout_engine,
+            "tp_size": self.config.gpus_per_engine,
+            "server_args": self.config.sglang_server_args,
+            "weight_version": str(self.weight_version),
+            "random_seed": self.config.seed,
+        }
+        if prelaunch_engines(self.options.ray_address, self.options.in_cluster, self._use_gpus):
+            # CPU engines on this host boot while Ray starts (each is ~10 s of imports and loading on
+            # 2 cores); their host actors adopt them.
+            self._prelaunched = [
+                launch_local_engine(self._engine_spec, str(self.run_dir / f"engine-{i}.log"), bundle)
+                for i, bundle in enumerate(plan.rollout_bundles)
+            ]
         # A local Ray gets at least the plan's CPU bundles (logical CPUs: several CPU trainer ranks and
         # the engines may share fewer cores).
         needed = sum(b.get("CPU", 0) for b in plan.trainer_bundles + plan.rollout_bundles)
@@ -259,20 +275,15 @@ class Driver:
         self.trainer = TrainerGroup.create(
             self.config.trainer_backend, self.config, groups["trainer"], plan.trainer_bundles
         )
-        self._engine_spec = {
-            "model_path": self.config.hf_checkpoint,
-            "kind": self.config.rollout_engine,
-            "tp_size": self.config.gpus_per_engine,
-            "server_args": self.config.sglang_server_args,
-            "weight_version": str(self.weight_version),
-            "random_seed": self.config.seed,
-        }
         self._engine_strategies = [
             dict(scheduling_strategy=on(groups["rollout"], i), num_cpus=bundle.get("CPU", 1),
                  num_gpus=bundle.get("GPU", 0))
             for i, bundle in enumerate(plan.rollout_bundles)
         ]
-        self._engines = [self._engine_actor(i) for i in range(len(self._engine_strategies))]
+        self._engines = [
+            self._engine_actor(i, adopt=(self._prelaunched[i].adoptable() if self._prelaunched else None))
+            for i in range(len(self._engine_strategies))
+        ]
         self.engine_urls = ray.get([e.start.remote() for e in self._engines])
         mark("engines")
         self.trainer.ping()
@@ -309,11 +320,11 @@ class Driver:
         self._sync_weights()
         log.info("resumed from %s at rollout %d", found.path, self.start_rollout)
 
-    def _engine_actor(self, index: int) -> Any:
+    def _engine_actor(self, index: int, adopt: dict[str, Any] | None = None) -> Any:
         import ray
 
         return ray.remote(EngineHost).options(**self._engine_strategies[index]).remote(
-            self._engine_spec, str(self.run_dir / f"engine-{index}.log"), self.options.in_cluster)
+            self._engine_spec, str(self.run_dir / f"engine-{index}.log"), self.options.in_cluster, adopt)
 
     async def _start_router(self) -> None:
         """In a cluster (or when spec.sglang.routerArgs is set) generation goes through smg."""
@@ -652,6 +663,8 @@ class Driver:
                 ray.get(engine.stop.remote(), timeout=30)
             except Exception as exc:  # shutting down: log, keep going
                 log.warning("engine stop failed: %s", exc)
+        for process in self._prelaunched:  # stopped by their host actors; this reaps them (or stops them)
+            process.stop()
         self._log_file.close()
         self._samples_file.close()
         self.reporter.close()
@@ -692,6 +705,16 @@ def _sigint_ignored(enabled: bool) -> Iterator[None]:
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+class QuietInterruptedTasks(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" for a Ctrl-C or SIGTERM: a signal that lands
+    while a task runs is stored in that task as well as raised, and the task's traceback, printed when it
+    is collected, would bury the one-line "interrupted" message under a stack trace."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[0] if record.exc_info else None
+        return not (exc is not None and issubclass(exc, KeyboardInterrupt))
 
 
 def _stopped_by(exc: BaseException) -> str | None:
@@ -771,6 +794,9 @@ def run_job(job: RLTrainingJob, options: DriverOptions) -> list[dict[str, float]
     print(f"kuberl: training {job.metadata.name}\n"
           f"{startup_header(job, config, options.run_dir, point, end)}", file=sys.stderr, flush=True)
     local = options.ray_address is None
+    asyncio_log = logging.getLogger("asyncio")
+    if not any(isinstance(f, QuietInterruptedTasks) for f in asyncio_log.filters):
+        asyncio_log.addFilter(QuietInterruptedTasks())
     previous_term = signal.signal(signal.SIGTERM, _raise_interrupt) if local else None
     # Our own SIGINT handler too: asyncio.run otherwise turns Ctrl-C into a task cancellation, which a
     # collector busy aborting requests could absorb (seen as a flaky interrupt test).

@@ -11,6 +11,7 @@ import pytest
 from kuberl.api import load_jobs
 from kuberl.api.resolve import resolve
 from kuberl.worker.driver import (
+    QuietInterruptedTasks,
     _child_processes,
     _children_since,
     fill_advantages,
@@ -90,3 +91,22 @@ def test_cleanup_targets_only_processes_started_after_the_snapshot() -> None:
     finally:
         older.kill()
         older.wait()
+
+
+def test_a_signal_stored_in_an_asyncio_task_prints_no_traceback() -> None:
+    """Ctrl-C landing inside a running task is kept in the task too; asyncio would print its traceback."""
+    import logging
+    import sys
+
+    def record(exc: BaseException) -> logging.LogRecord:
+        try:
+            raise exc
+        except BaseException:
+            info = sys.exc_info()
+        return logging.LogRecord("asyncio", logging.ERROR, __file__, 1, "Task exception was never retrieved",
+                                 None, info)
+
+    quiet = QuietInterruptedTasks()
+    assert not quiet.filter(record(KeyboardInterrupt("SIGINT")))
+    assert quiet.filter(record(RuntimeError("a real bug still shows")))
+    assert quiet.filter(logging.LogRecord("asyncio", logging.ERROR, __file__, 1, "no exception", None, None))

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -120,23 +121,15 @@ class ManagedProcess:
             start_new_session=True, preexec_fn=_die_with_parent,
         )
 
+    def adoptable(self) -> dict[str, Any]:
+        """What another process needs to wait for, use and stop this one (``EngineHost(adopt=...)``)."""
+        return {"url": self.url, "pid": self.proc.pid, "argv": self.argv[:4]}
+
     async def wait_ready(self, timeout_s: float = 600.0, path: str = "/health_generate") -> None:
         """Poll ``path`` until 200; fails fast if the process exits first."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        async with EngineClient(self.url, retries=0, timeout=10) as client:
-            while True:
-                if self.proc.poll() is not None:
-                    raise EngineError(f"{self.argv[:4]} exited with code {self.proc.returncode} "
-                                      f"before {self.url} was ready")
-                try:
-                    await client._request("GET", path)
-                    return
-                except EngineError:
-                    pass
-                if loop.time() > deadline:
-                    raise EngineError(f"{self.url}{path} not ready after {timeout_s:.0f} s")
-                await asyncio.sleep(0.3)
+        await wait_until_ready(self.url, lambda: self.proc.poll() is None,
+                               lambda: f"{self.argv[:4]} exited with code {self.proc.returncode}",
+                               timeout_s, path)
 
     def stop(self, timeout_s: float = 10.0) -> None:
         if self.proc.poll() is None:
@@ -150,6 +143,53 @@ class ManagedProcess:
             self._log.close()
 
 
-def launch_engine(spec: EngineSpec, log_path: str | None = None) -> ManagedProcess:
+async def wait_until_ready(url: str, alive: Callable[[], bool], exited: Callable[[], str],
+                           timeout_s: float = 600.0, path: str = "/health_generate") -> None:
+    """Poll ``url + path`` until 200; fails fast (``exited()`` says how) once ``alive()`` is false."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    async with EngineClient(url, retries=0, timeout=10) as client:
+        while True:
+            if not alive():
+                raise EngineError(f"{exited()} before {url} was ready")
+            try:
+                await client._request("GET", path)
+                return
+            except EngineError:
+                pass
+            if loop.time() > deadline:
+                raise EngineError(f"{url}{path} not ready after {timeout_s:.0f} s")
+            await asyncio.sleep(0.3)
+
+
+def launch_engine(spec: EngineSpec, log_path: str | None = None,
+                  env: dict[str, str] | None = None) -> ManagedProcess:
     """Start one engine process (call ``wait_ready`` on the result before sending work)."""
-    return ManagedProcess(engine_command(spec), spec.url, log_path=log_path)
+    return ManagedProcess(engine_command(spec), spec.url, env=env, log_path=log_path)
+
+
+def process_running(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie, exited but not yet reaped by its parent, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] not in "ZX"
+
+
+def stop_process_group(pid: int, timeout_s: float = 10.0) -> None:
+    """SIGTERM the process group led by ``pid`` (a process this one did not start), SIGKILL after
+    ``timeout_s``."""
+    import time
+
+    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if not process_running(pid):
+                return
+            time.sleep(0.05)
