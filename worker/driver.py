@@ -247,10 +247,9 @@ class Driver:
         if prelaunch_engines(self.options.ray_address, self.options.in_cluster, self._use_gpus):
             # CPU engines on this host boot while Ray starts (each is ~10 s of imports and loading on
             # 2 cores); their host actors adopt them.
-            self._prelaunched = [
-                launch_local_engine(self._engine_spec, str(self.run_dir / f"engine-{i}.log"), bundle)
-                for i, bundle in enumerate(plan.rollout_bundles)
-            ]
+            for i, bundle in enumerate(plan.rollout_bundles):  # one at a time: stop() sees each one
+                self._prelaunched.append(
+                    launch_local_engine(self._engine_spec, str(self.run_dir / f"engine-{i}.log"), bundle))
         # A local Ray gets at least the plan's CPU bundles (logical CPUs: several CPU trainer ranks and
         # the engines may share fewer cores).
         needed = sum(b.get("CPU", 0) for b in plan.trainer_bundles + plan.rollout_bundles)
@@ -345,6 +344,8 @@ class Driver:
             # Not the current version: the version check then proves the weights really arrived.
             url = await self._engines[index].restart.remote(f"replaced-{self._engine_epoch}")
         except ray.exceptions.RayActorError:
+            if index < len(self._prelaunched):  # the dead host's adopted engine is ours to stop
+                self._prelaunched[index].stop()
             self._engines[index] = self._engine_actor(index)
             url = await self._engines[index].start.remote()
         self.engine_urls[index] = url
@@ -385,6 +386,7 @@ class Driver:
 
     async def _collect(self, rollout_id: int) -> RolloutResult:
         c = self.config
+        custom = load_hook(c.custom_generate_function_path, "customGenerateFunctionPath")
         settings = CollectorSettings(
             target_groups=c.rollout_batch_size,
             over_sampling_groups=c.over_sampling_batch_size,
@@ -396,9 +398,11 @@ class Driver:
             policy_version=str(self.weight_version),
             max_context_len=c.max_context_len,
             server_concurrency=c.server_concurrency,
-            custom_generate=load_hook(c.custom_generate_function_path, "customGenerateFunctionPath"),
+            custom_generate=custom,
             batch_groups=self.levers.batch_generate,
-            exclusive_engines=True,  # nothing else runs on this job's engines during a training rollout
+            # Nothing else runs on this job's engines during a training rollout; a custom generate function
+            # may send requests the collector does not track, so it keeps exact-rid aborts.
+            exclusive_engines=custom is None,
         )
         endpoint = self._endpoint()
         try:
@@ -407,8 +411,7 @@ class Driver:
                 self.buffer, self.group_filter, self.config, decode=self.prompts.decode,
             ))
         finally:
-            for engine in endpoint.engines:
-                await engine.aclose()
+            await endpoint.aclose()  # the engines' sessions and, behind a router, the router's
 
     def _sampling_params(self, sampling: dict[str, Any]) -> dict[str, Any]:
         params = {
@@ -452,8 +455,7 @@ class Driver:
                     PartialRolloutBuffer(), decode=source.decode,
                 )
             finally:
-                for engine in endpoint.engines:
-                    await engine.aclose()
+                await endpoint.aclose()
             rewards = [float(s.reward or 0.0) for g in result.groups for s in g]
             score = statistics.fmean(rewards) if rewards else 0.0
             out[f"eval/{eval_set.name}"] = score

@@ -42,6 +42,13 @@ pytestmark = pytest.mark.slow
 BATCH = 8
 
 
+def _alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -217,7 +224,7 @@ def test_sigkill_with_dynamic_sampling_and_partial_rollout_restores_buffer_optim
         bystander.kill()
         bystander.wait()
     assert survived, "the clean-up killed a process the caller had started before the run"
-    assert not [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not [p for p in children if _alive(p)]
 
     # (d) the audit: every rollout once, no sample trained twice, the buffer's groups carried over.
     records = read_jsonl(samples_log)[len(killed):]

@@ -184,6 +184,8 @@ def stop_process_group(pid: int, timeout_s: float = 10.0) -> None:
     import time
 
     for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
+        if not process_running(pid):  # gone (or reaped): never signal a group id a new process may reuse
+            return
         try:
             os.killpg(pid, sig)
         except ProcessLookupError:

@@ -2,10 +2,11 @@
 
 Waves of ``over_sampling_batch_size`` groups (buffered groups first, then fresh prompts) are generated
 concurrently; each group is graded and filtered as soon as its last sample finishes. Once
-``target_groups`` are kept, every request still in flight is aborted by its exact rid (real SGLang
-0.5.14 matches exact rids only and drops an abort that beats the request to the server, so the aborts
-are re-sent every ``abort_interval_s`` until each request has come back; ``abort_all`` is never used, it
-would hit other users of the engines). Aborted groups keep their partial tokens in the buffer with
+``target_groups`` are kept, every request still in flight is aborted: with ``exclusive_engines`` (the
+driver's training rollout, whose engines serve nothing else) first by one ``abort_all`` per engine, as slime
+does; otherwise, and in every later round, by its exact rid (real SGLang 0.5.14 matches exact rids only and
+drops an abort that beats the request to the server, so the aborts are re-sent every ``abort_interval_s``
+until each request has come back). Aborted groups keep their partial tokens in the buffer with
 ``partial_rollout``; groups that finish after the target is reached are buffered with ``partial_rollout``
 and dropped without it, as slime does. Tokens generated under older weights are masked, or left for
 TIS to importance-correct (:func:`stale_token_handling`). A new wave starts whenever the groups still in

@@ -12,6 +12,7 @@ The transport is aiohttp: a rollout sends tens of concurrent ``/generate`` calls
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,7 +185,14 @@ class EngineClient:
         """The session, (re)opened in the running loop: a driver runs each stage in its own asyncio.run,
         and a session cannot outlive the loop it was opened in."""
         loop = asyncio.get_running_loop()
-        if self._session is None or (self._own and self._loop is not loop):
+        if self._own and self._session is not None and self._loop is not loop:
+            # Used from a new loop without aclose() in the old one (callers should close in the loop that
+            # used it, as the driver does): mark that session closed; if its loop is already closed, its
+            # idle sockets are left to the garbage collector.
+            with contextlib.suppress(Exception):
+                self._session.connector._close()  # type: ignore[union-attr]  # aiohttp's sync close
+            self._session = None
+        if self._session is None:
             # Idle connections expire before uvicorn's 5 s keep-alive: reusing one the server is closing
             # fails a /generate with "server disconnected", which must not be resent (samples would double).
             connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=2.0)
@@ -196,6 +204,9 @@ class EngineClient:
         if self._own and self._session is not None:
             if self._loop is asyncio.get_running_loop():
                 await self._session.close()
+            else:
+                with contextlib.suppress(Exception):
+                    self._session.connector._close()  # type: ignore[union-attr]
             self._session = None
 
     async def __aenter__(self) -> EngineClient:

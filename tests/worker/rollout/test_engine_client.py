@@ -77,3 +77,41 @@ def test_context_length_falls_back_from_server_info_to_v1_models_to_the_model_co
     assert context_length_from({"context_length": None}, models) == 4096  # SGLang without the flag
     assert context_length_from({"context_length": None}, {}, {"max_position_embeddings": 32768}) == 32768
     assert context_length_from({}, {"data": [{"id": "m"}]}, None) is None
+
+
+def test_closing_in_the_loop_that_used_it_leaves_nothing_open_and_a_new_loop_gets_a_new_session(
+    thread_engine, caplog
+):
+    """The driver runs each stage in its own asyncio.run and closes its clients there: nothing may be left
+    for the garbage collector (aiohttp reports "Unclosed client session" / unclosed sockets then). A client
+    used again from a later loop opens a session of its own there."""
+    import asyncio
+    import gc
+    import warnings
+
+    client = EngineClient(thread_engine.url)
+
+    async def use_and_close() -> str:
+        version = (await client.model_info())["weight_version"]
+        await client.aclose()
+        return version
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert asyncio.run(use_and_close()) is not None
+        assert client._session is None
+        assert asyncio.run(use_and_close()) is not None  # a second loop, as the driver's next stage
+        gc.collect()
+    unclosed = [str(w.message) for w in caught if "nclosed" in str(w.message)]
+    assert not unclosed and "nclosed" not in caplog.text, (unclosed, caplog.text)
+
+    first_loop_session = []
+
+    async def use_only() -> None:
+        await client.model_info()
+        first_loop_session.append(client._session)
+
+    asyncio.run(use_only())
+    asyncio.run(use_only())  # no aclose in between: the first loop's session is replaced, marked closed
+    assert first_loop_session[0] is not first_loop_session[1] and first_loop_session[0].closed
+    asyncio.run(client.aclose())
