@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "grpo_step_vs_trl.py"
+from tests.bench.scripts import load_script
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("grpo_step_vs_trl", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    sys.modules["grpo_step_vs_trl"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("grpo_step_vs_trl")
 
 
 def test_trl_gets_the_largest_micro_batch_that_fits_kuberls_token_budget():

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
 from kuberl.worker.rollout.sample import Sample, SampleStatus
-
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "real_engine_grpo.py"
+from tests.bench.scripts import load_script
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("real_engine_grpo", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    sys.modules["real_engine_grpo"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("real_engine_grpo")
 
 
 def _sample(index: int, tokens: int, status: SampleStatus) -> Sample:

@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import yaml
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "reference_run.py"
+from tests.bench.scripts import load_script
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("reference_run", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    sys.modules["reference_run"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("reference_run")
 
 
 def test_dry_run_of_the_reference_manifest_is_the_seeds_eight_gpu_layout(tmp_path, capsys):

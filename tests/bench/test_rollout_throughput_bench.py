@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "rollout_throughput_bench.py"
+from tests.bench.scripts import load_script
 
 
 def load_bench():
-    sys.path.insert(0, str(BENCH.parent))  # as when run as a script: pool children import the grader
-    spec = importlib.util.spec_from_file_location("rollout_throughput_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    sys.modules["rollout_throughput_bench"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("rollout_throughput_bench", on_path=True)
 
 
 def test_make_prompts_is_seeded_and_in_range():
