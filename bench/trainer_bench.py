@@ -152,13 +152,27 @@ def main() -> None:
 
     if "torch" in wanted and world == 1:
         from kuberl.worker.algo.losses import LossConfig
+        from kuberl.worker.levers import Levers
         from kuberl.worker.train.torch_backend import TorchBackend, TorchBackendConfig
 
-        tb = TorchBackend(TorchBackendConfig(hf_checkpoint=str(root), loss=LossConfig.from_algorithm(ALGO), optimizer=ADAM,
-                                             use_dynamic_batch_size=True, max_tokens_per_gpu=budget,
-                                             device=device.type))
-        report("torch", timed(lambda: tb.train_step(data), args.steps, device))
-        del tb
+        # torch: the backend as configured by default (varlen attention over one packed row on CUDA);
+        # torch_sdpa_rows: packed rows as wide as the longest sample, block masks through SDPA;
+        # torch_padded: one right-padded row per sample (the backend before packing).
+        variants = (("torch", Levers()), ("torch_sdpa_rows", Levers(varlen_attention=False)),
+                    ("torch_padded", Levers(packed_sequences=False)))
+        for name, levers in variants:
+            os.environ["KUBERL_DISABLE_LEVERS"] = ",".join(levers.disabled())  # read by the backend
+            tb = TorchBackend(TorchBackendConfig(
+                hf_checkpoint=str(root), loss=LossConfig.from_algorithm(ALGO), optimizer=ADAM,
+                use_dynamic_batch_size=True, max_tokens_per_gpu=budget, device=device.type))
+            if rank == 0:
+                print(f"{name}: attention {tb.model.config._attn_implementation}, levers off: "
+                      f"{levers.disabled() or 'none'}", flush=True)
+            report(name, timed(lambda tb=tb: tb.train_step(data), args.steps, device))
+            del tb
+            os.environ.pop("KUBERL_DISABLE_LEVERS")
+            if cuda:
+                torch.cuda.empty_cache()
     if "hf" in wanted and world == 1:
         model = AutoModelForCausalLM.from_pretrained(root, dtype=torch.bfloat16).to(device).train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-6)

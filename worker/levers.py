@@ -20,6 +20,7 @@ class Levers:
     inline_grading: bool = True  # cheap pure-Python graders run in the driver, not the pool
     packed_sequences: bool = True  # torch backend: one packed row per micro-batch, no padding
     response_logits: bool = True  # torch backend: lm_head on response positions only, in chunks
+    varlen_attention: bool = True  # torch backend on CUDA: one packed row, flash attention per sample
 
     @classmethod
     def parse(cls, disabled: str | None) -> Levers:

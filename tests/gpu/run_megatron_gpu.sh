@@ -18,7 +18,7 @@ cd /tmp  # never the repository root: its operator/ folder shadows the standard 
 python -c "import megatron.core, kuberl.worker.train.megatron_backend; print('imports ok')" 2>&1 | tail -1
 ngpu=$(python -c "import torch; print(torch.cuda.device_count())")
 status=0
-left() { local t=$(( 520 - SECONDS )); [ "$t" -lt "$1" ] && echo "$t" || echo "$1"; }  # whole run < 9 min
+left() { local t=$(( ${BUDGET:-520} - SECONDS )); [ "$t" -lt "$1" ] && echo "$t" || echo "$1"; }  # run < 9 min
 run() {  # name procs tp
   timeout "$(left 200)" python -m torch.distributed.run --nproc_per_node="$2" "$REPO/tests/gpu/megatron_checks.py" \
     --tp "$3" --out "/tmp/mg-$1" > "$OUT/$1.log" 2>&1 || status=1

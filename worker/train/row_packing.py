@@ -18,7 +18,7 @@ import torch
 from kuberl.worker.algo.packing import first_fit
 
 VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3", "kernels-community/flash-attn",
-                    "kernels-community/vllm-flash-attn3")
+                    "kernels-community/vllm-flash-attn3", "kuberl_varlen")
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from kuberl.worker.algo import losses
 from kuberl.worker.algo.packing import pack_micro_batches
 from kuberl.worker.levers import Levers
 from kuberl.worker.random_init import random_hf_model, wants_random_init
+from kuberl.worker.train import varlen_attention
 from kuberl.worker.train.backend import common_backend_fields, needs_reference_model
 from kuberl.worker.train.batch import TrainSample
 from kuberl.worker.train.dp_shard import Shard, shard_for_rank, unshard
@@ -57,6 +58,10 @@ class TorchBackendConfig:
     temperature: float = 1.0
     save_optim: bool = True  # spec.checkpoint.noSaveOptim inverted
     dtype: str | None = None  # torch dtype name of the weights; None: bfloat16 on CUDA, float32 on CPU
+    # "auto": variable-length attention over packed rows where PyTorch's flash kernel runs (CUDA), else the
+    # model's own attention over block-masked rows; "varlen" forces it (block-diagonal SDPA off CUDA);
+    # "native" keeps the model's own.
+    attention: str = "auto"
 
     @classmethod
     def from_worker_config(cls, config: Any) -> TorchBackendConfig:
@@ -228,6 +233,7 @@ class TorchBackend:
         else:
             self.model = AutoModelForCausalLM.from_pretrained(config.hf_checkpoint, dtype=dtype)
         self.model.to(self.device).train()
+        self.varlen = self._wants_varlen() and varlen_attention.use_varlen(self.model)
         if self.dp_size > 1:
             self._broadcast_weights()
         self.ref_model = None
@@ -240,6 +246,8 @@ class TorchBackend:
                     source or config.hf_checkpoint, dtype=dtype
                 ).to(self.device).eval()
             self.ref_model.requires_grad_(False)
+            if self.varlen:
+                varlen_attention.use_varlen(self.ref_model)
         opt = config.optimizer
         groups = param_groups(self.model, opt["weight_decay"])
         if opt["type"] == "sgd":
@@ -251,6 +259,15 @@ class TorchBackend:
         total = (config.num_rollout or 0) * config.num_steps_per_rollout or None
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(opt, total))
         self.steps = 0
+
+    def _wants_varlen(self) -> bool:
+        choice = self.config.attention
+        if choice not in ("auto", "varlen", "native"):
+            raise ValueError(f"TorchBackendConfig.attention={choice!r}: expected auto, varlen or native")
+        if choice == "auto":
+            return (self.levers.packed_sequences and self.levers.varlen_attention
+                    and varlen_attention.available_on(self.device))
+        return choice == "varlen"
 
     def _broadcast_weights(self) -> None:
         """Start every rank from rank 0's weights (anything the checkpoint lacks is randomly initialised)."""
@@ -285,7 +302,12 @@ class TorchBackend:
             layout = plan_rows(lengths, row_width(lengths, impl, sum(lengths)))
             input_ids, positions = row_tensors(tokens, layout)
             inputs = {"input_ids": input_ids.to(self.device), "position_ids": positions.to(self.device)}
+            if impl == varlen_attention.NAME:  # boundaries computed once, not per layer
+                inputs |= varlen_attention.row_segments(layout.rows, lengths, layout.width).kwargs(self.device)
         else:
+            if getattr(model.config, "_attn_implementation", None) == varlen_attention.NAME:
+                raise RuntimeError("varlen attention needs packed rows: enable the packed_sequences lever or "
+                                   "set TorchBackendConfig.attention='native'")
             layout = RowLayout([[i] for i in range(len(samples))], max(lengths))
             input_ids = torch.zeros(len(samples), layout.width, dtype=torch.long)
             attention = torch.zeros(len(samples), layout.width, dtype=torch.long)
