@@ -18,6 +18,7 @@ tokens/s of the same backend), read from the two runs' JSON lines.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -171,6 +172,7 @@ def main() -> None:
             report(name, timed(lambda tb=tb: tb.train_step(data), args.steps, device))
             del tb
             os.environ.pop("KUBERL_DISABLE_LEVERS")
+            gc.collect()  # the backend's model, optimizer state and graphs, before the next one loads
             if cuda:
                 torch.cuda.empty_cache()
     if "hf" in wanted and world == 1:

@@ -233,7 +233,7 @@ class TorchBackend:
         else:
             self.model = AutoModelForCausalLM.from_pretrained(config.hf_checkpoint, dtype=dtype)
         self.model.to(self.device).train()
-        self.varlen = self._wants_varlen() and varlen_attention.use_varlen(self.model)
+        self.varlen = self._wants_varlen(dtype) and varlen_attention.use_varlen(self.model)
         if self.dp_size > 1:
             self._broadcast_weights()
         self.ref_model = None
@@ -260,13 +260,13 @@ class TorchBackend:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(opt, total))
         self.steps = 0
 
-    def _wants_varlen(self) -> bool:
+    def _wants_varlen(self, dtype: torch.dtype) -> bool:
         choice = self.config.attention
         if choice not in ("auto", "varlen", "native"):
             raise ValueError(f"TorchBackendConfig.attention={choice!r}: expected auto, varlen or native")
-        if choice == "auto":
+        if choice == "auto":  # the flash kernel takes half precision only (fp32 references keep SDPA)
             return (self.levers.packed_sequences and self.levers.varlen_attention
-                    and varlen_attention.available_on(self.device))
+                    and dtype in (torch.bfloat16, torch.float16) and varlen_attention.available_on(self.device))
         return choice == "varlen"
 
     def _broadcast_weights(self) -> None:
