@@ -234,6 +234,9 @@ class TorchBackend:
             self.model = AutoModelForCausalLM.from_pretrained(config.hf_checkpoint, dtype=dtype)
         self.model.to(self.device).train()
         self.varlen = self._wants_varlen(dtype) and varlen_attention.use_varlen(self.model)
+        log.info("torch backend on %s (%s): %s attention", self.device, dtype,
+                 "variable-length (one packed row per micro-batch)" if self.varlen
+                 else getattr(self.model.config, "_attn_implementation", "default"))
         if self.dp_size > 1:
             self._broadcast_weights()
         self.ref_model = None
