@@ -28,7 +28,14 @@ import yaml
 from kuberl.errors import ClusterError
 
 try:
-    from kuberl.devcluster import Binaries, Cluster, attach, find_binaries, start_cluster, stop_cluster
+    from kuberl.devcluster import (
+        Binaries,
+        Cluster,
+        attach,
+        find_binaries,
+        start_cluster,
+        stop_cluster,
+    )
     from kuberl.devcluster.kueue import require_kueue
 except ImportError as missing:  # the GPU machine has no operator extra (cryptography): it runs no cluster test
     _DEVCLUSTER_IMPORT_ERROR: ImportError | None = missing
