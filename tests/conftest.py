@@ -48,10 +48,10 @@ CLUSTER_NODES = 2  # fake 8×H100 nodes the session cluster starts with
 
 def _cluster_unavailable() -> str | None:
     """Why no cluster can be provided (missing binaries), or None."""
-    if os.environ.get("KUBERL_TEST_KUBECONFIG"):
-        return None
     if _DEVCLUSTER_IMPORT_ERROR is not None:
         return f"kuberl.devcluster cannot be imported ({_DEVCLUSTER_IMPORT_ERROR}); install the operator extra"
+    if os.environ.get("KUBERL_TEST_KUBECONFIG"):
+        return None
     try:
         find_binaries()
     except ClusterError as exc:

@@ -16,7 +16,8 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
     not (torch.cuda.is_available() and varlen_attention.available_on("cuda")), reason="needs CUDA")]
 
 
-def test_flash_kernel_equals_block_diagonal_attention_with_grouped_heads():
+@pytest.mark.parametrize("scale", [128**-0.5, 0.05], ids=["default-scale", "other-scale"])
+def test_flash_kernel_equals_block_diagonal_attention_with_grouped_heads(scale):
     torch.manual_seed(0)
     lengths = [300, 17, 1000, 1, 64]
     T, H, Hkv, D = sum(lengths), 12, 2, 128
@@ -24,10 +25,10 @@ def test_flash_kernel_equals_block_diagonal_attention_with_grouped_heads():
     k = torch.randn(1, Hkv, T, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     v = torch.randn(1, Hkv, T, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     seg = varlen_attention.row_segments([list(range(len(lengths)))], lengths, T)
-    got, _ = varlen_attention.varlen_attention_forward(None, q, k, v, None, scaling=D**-0.5,
+    got, _ = varlen_attention.varlen_attention_forward(None, q, k, v, None, scaling=scale,
                                                        **seg.kwargs("cuda"))
     ref_in = [t.detach().float().cpu().requires_grad_(True) for t in (q, k, v)]
-    want, _ = varlen_attention.varlen_attention_forward(None, *ref_in, None, scaling=D**-0.5,
+    want, _ = varlen_attention.varlen_attention_forward(None, *ref_in, None, scaling=scale,
                                                         **seg.kwargs("cpu"))
     err = (got.float().cpu() - want).abs().max().item()
     print(f"flash varlen vs fp32 block-diagonal: max |out diff| {err:.2e}")

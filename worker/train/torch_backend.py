@@ -234,6 +234,9 @@ class TorchBackend:
             self.model = AutoModelForCausalLM.from_pretrained(config.hf_checkpoint, dtype=dtype)
         self.model.to(self.device).train()
         self.varlen = self._wants_varlen(dtype) and varlen_attention.use_varlen(self.model)
+        if config.attention == "varlen" and not self.varlen:
+            raise ValueError("TorchBackendConfig.attention='varlen': the model has sliding-window attention "
+                             "layers, which varlen attention does not implement; use 'auto' or 'native'")
         log.info("torch backend on %s (%s): %s attention", self.device, dtype,
                  "variable-length (one packed row per micro-batch)" if self.varlen
                  else getattr(self.model.config, "_attn_implementation", "default"))
@@ -269,7 +272,7 @@ class TorchBackend:
             raise ValueError(f"TorchBackendConfig.attention={choice!r}: expected auto, varlen or native")
         if choice == "auto":  # the flash kernel takes half precision only (fp32 references keep SDPA)
             return (self.levers.packed_sequences and self.levers.varlen_attention
-                    and dtype in (torch.bfloat16, torch.float16) and varlen_attention.available_on(self.device))
+                    and dtype in varlen_attention.HALF and varlen_attention.available_on(self.device))
         return choice == "varlen"
 
     def _broadcast_weights(self) -> None:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 NAME = "kuberl_varlen"
+HALF = (torch.bfloat16, torch.float16)  # what the flash kernel takes; other dtypes use the reference path
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,7 @@ def varlen_attention_forward(
         seg = segments_from_positions(kwargs["position_ids"])
         seg_cu, max_len = torch.tensor(seg.cu_seqlens, dtype=torch.int32, device=query.device), seg.max_len
     q, k, v = (t.transpose(1, 2).reshape(B * S, t.shape[1], D) for t in (query, key, value))
-    if available_on(query.device):
+    if available_on(query.device) and query.dtype in HALF:
         out = _flash(q, k, v, seg_cu.to(query.device), max_len, scale)
     else:
         out = _block_diagonal(q, k, v, seg_cu.tolist(), scale)
@@ -168,9 +169,12 @@ def use_varlen(model: torch.nn.Module) -> bool:
     """Switch a loaded model to varlen attention when every layer is full attention; returns whether it did
     (sliding-window layers keep the model's own implementation)."""
     config = model.config  # type: ignore[union-attr]
-    types = getattr(config, "layer_types", None) or []
-    if getattr(config, "use_sliding_window", False) or any(t != "full_attention" for t in types):
-        return False
+    types = getattr(config, "layer_types", None)
+    if types:  # the per-layer truth where the model has it (Qwen2 keeps a sliding_window it does not use)
+        if any(t != "full_attention" for t in types):
+            return False
+    elif getattr(config, "use_sliding_window", False) or getattr(config, "sliding_window", None):
+        return False  # Mistral, Starcoder2, some Phi-3: one window for every layer
     register()
     setter = getattr(model, "set_attn_implementation", None)
     if callable(setter):

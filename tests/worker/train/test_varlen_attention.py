@@ -114,3 +114,33 @@ def test_auto_keeps_the_models_attention_off_cuda_and_varlen_refuses_padded_rows
         forced.compute_logprobs(copy.deepcopy(_samples()))
     with pytest.raises(ValueError, match="attention='flash'"):
         backend(attention="flash")
+
+
+def test_forcing_varlen_on_a_sliding_window_model_is_refused(tmp_path):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from kuberl.worker.algo.losses import LossConfig
+    from kuberl.worker.train.torch_backend import TorchBackend, TorchBackendConfig
+
+    from .test_torch_backend_packed import OPT
+
+    MistralForCausalLM(MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                     num_attention_heads=4, num_key_value_heads=2, sliding_window=16)
+                       ).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="sliding-window"):
+        TorchBackend(TorchBackendConfig(hf_checkpoint=str(tmp_path), loss=LossConfig(), optimizer=OPT,
+                                        device="cpu", attention="varlen"))
+
+
+def test_models_with_sliding_window_layers_keep_their_own_attention():
+    """Mistral-style configs (one window for every layer, no layer_types) and sliding layers decline varlen;
+    Qwen2 keeps an unused sliding_window beside all-full layer_types and takes it."""
+    from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    small = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2)
+    assert not varlen_attention.use_varlen(MistralForCausalLM(MistralConfig(**small, sliding_window=16)))
+    assert varlen_attention.use_varlen(Qwen2ForCausalLM(Qwen2Config(**small, sliding_window=32768)))
+    sliding = Qwen2Config(**small, use_sliding_window=True, sliding_window=16, max_window_layers=1)
+    assert "sliding_attention" in sliding.layer_types
+    assert not varlen_attention.use_varlen(Qwen2ForCausalLM(sliding))
