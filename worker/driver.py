@@ -249,7 +249,7 @@ class Driver:
             # 2 cores); their host actors adopt them.
             for i, bundle in enumerate(plan.rollout_bundles):  # one at a time: stop() sees each one
                 self._prelaunched.append(
-                    launch_local_engine(self._engine_spec, str(self.run_dir / f"engine-{i}.log"), bundle))
+                    launch_local_engine(self._engine_spec, self._engine_log(i), bundle))
         # A local Ray gets at least the plan's CPU bundles (logical CPUs: several CPU trainer ranks and
         # the engines may share fewer cores).
         needed = sum(b.get("CPU", 0) for b in plan.trainer_bundles + plan.rollout_bundles)
@@ -323,7 +323,11 @@ class Driver:
         import ray
 
         return ray.remote(EngineHost).options(**self._engine_strategies[index]).remote(
-            self._engine_spec, str(self.run_dir / f"engine-{index}.log"), self.options.in_cluster, adopt)
+            self._engine_spec, self._engine_log(index), self.options.in_cluster, adopt)
+
+    def _engine_log(self, index: int) -> str:
+        """One log per engine slot, whether the driver or its host actor starts the process."""
+        return str(self.run_dir / f"engine-{index}.log")
 
     async def _start_router(self) -> None:
         """In a cluster (or when spec.sglang.routerArgs is set) generation goes through smg."""

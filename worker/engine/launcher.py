@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -181,8 +182,6 @@ def process_running(pid: int) -> bool:
 def stop_process_group(pid: int, timeout_s: float = 10.0) -> None:
     """SIGTERM the process group led by ``pid`` (a process this one did not start), SIGKILL after
     ``timeout_s``."""
-    import time
-
     for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
         if not process_running(pid):  # gone (or reaped): never signal a group id a new process may reuse
             return
