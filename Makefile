@@ -22,11 +22,11 @@ tools:
 
 test: setup cluster-binaries tools
 	.venv/bin/ruff check .
-	.venv/bin/pytest $(PYTEST_ARGS)
+	PYTHONFAULTHANDLER=1 .venv/bin/python -P hack/run-tests.py $(PYTEST_ARGS)
 
 # Unit tests only: no control plane, no Prometheus.
 test-fast: setup
-	KUBERL_SKIP_CLUSTER=1 .venv/bin/pytest -m "not cluster and not slow" $(PYTEST_ARGS)
+	KUBERL_SKIP_CLUSTER=1 PYTHONFAULTHANDLER=1 .venv/bin/python -P hack/run-tests.py -m "not cluster and not slow" $(PYTEST_ARGS)
 
 lint: setup
 	.venv/bin/ruff check .

@@ -183,10 +183,9 @@ def main() -> None:
     for name, tp in (("megatron", 1), ("megatron_tp", world)):
         if name not in wanted or not cuda or (name == "megatron_tp" and world == 1):
             continue
-        from megatron.core import parallel_state
-
         from kuberl.worker.algo.losses import LossConfig
         from kuberl.worker.train.megatron_backend import MegatronBackend, MegatronBackendConfig
+        from kuberl.worker.train.megatron_model import release_parallel
 
         mb = MegatronBackend(MegatronBackendConfig(
             hf_checkpoint=str(root), loss=LossConfig.from_algorithm(ALGO), optimizer=ADAM, use_dynamic_batch_size=True,
@@ -194,8 +193,9 @@ def main() -> None:
         label = f"megatron_{'TE' if mb.use_te else 'local'}_tp{tp}_dp{world // tp}"
         report(label, timed(lambda mb=mb: mb.train_step(data), args.steps, device))
         del mb
+        gc.collect()
         torch.cuda.empty_cache()
-        parallel_state.destroy_model_parallel()
+        release_parallel(default_group=False)
     if dist.is_initialized():
         dist.destroy_process_group()
 

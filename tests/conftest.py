@@ -72,6 +72,45 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.fail(f"this test needs the local control plane: {problem}", pytrace=False)
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Release what tests left running inside this process (Ray's driver, Megatron's and torch's
+    process groups) while the interpreter is whole, and name any gloo threads that outlive it."""
+    import sys
+
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    if "megatron.core.parallel_state" in sys.modules:
+        from kuberl.worker.train.megatron_model import release_parallel
+
+        release_parallel()
+    elif "torch.distributed" in sys.modules:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    left = _gloo_threads()
+    if left:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"gloo threads still running at the end of the session: {left}")
+
+
+def _gloo_threads() -> list[str]:
+    tasks = Path("/proc/self/task")
+    if not tasks.is_dir():
+        return []
+    names = []
+    for task in tasks.iterdir():
+        try:
+            names.append((task / "comm").read_text().strip())
+        except OSError:
+            continue
+    return sorted(n for n in names if "gloo" in n)
+
+
 @pytest.fixture(scope="session")
 def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """The session's real control plane; ``.kubeconfig``, ``.env``, ``.kubectl(...)``,

@@ -227,8 +227,7 @@ def _rank_main(rank: int, world: int, port: int, plan: ConversionPlan, tmp: Path
                         pass
             dist.barrier()
         finally:
-            parallel_state.destroy_model_parallel()
-            dist.destroy_process_group()
+            mm.release_parallel()
 
 
 def describe(plan: ConversionPlan) -> dict[str, Any]:

@@ -97,6 +97,38 @@ def init_parallel(par: Parallelism, *, device: torch.device, seed: int = 1234) -
         tensor_parallel.model_parallel_cuda_manual_seed(seed)
 
 
+def release_parallel(*, default_group: bool = True) -> None:
+    """Undo ``init_parallel`` while the interpreter is whole: Megatron's groups, then (``default_group``)
+    torch.distributed's default group.
+
+    megatron-core's ``destroy_model_parallel`` forgets some of its own group globals (0.19: the
+    intra-partial data-parallel groups with CP), and a group still referenced keeps gloo's worker threads
+    running into interpreter shutdown, where they can crash the process (pytorch/pytorch#190489). So every
+    module global of ``parallel_state`` that still holds a group is dropped as well.
+    """
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    parallel_state.destroy_model_parallel()
+    for name, value in list(vars(parallel_state).items()):
+        if name.startswith("_") and name.isupper() and _holds_group(value):
+            setattr(parallel_state, name, None)
+    if default_group and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _holds_group(value: Any) -> bool:
+    import torch.distributed as dist
+
+    if isinstance(value, dist.ProcessGroup):
+        return True
+    if type(value) in (list, tuple):
+        return any(_holds_group(v) for v in value)
+    if type(value) is dict:
+        return any(_holds_group(v) for v in value.values())
+    return False
+
+
 def transformer_config(
     shape: ModelShape,
     par: Parallelism,

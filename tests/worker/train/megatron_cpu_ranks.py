@@ -77,7 +77,7 @@ def one_layout(tp: int, hf: Path, root: Path, rank: int) -> dict:
     hf_state = AutoModelForCausalLM.from_pretrained(hf).state_dict()
     result["export_equal"] = sorted(exported) == sorted(hf_state) and all(
         torch.equal(exported[n], hf_state[n]) for n in hf_state)
-    parallel_state.destroy_model_parallel()
+    mm.release_parallel(default_group=False)
     return result
 
 

@@ -14,17 +14,13 @@ import torch
 def cpu_megatron():
     """megatron-core on CPU: its CUDA-only calls (rotary table device, the RNG tracker fork for dropout,
     which is 0) redirected by the helper the backend itself uses on CPU; everything else is megatron's."""
-    from megatron.core import parallel_state
-
     from kuberl.worker.train import megatron_model as mm
     from kuberl.worker.train.megatron_cpu import megatron_on_cpu
 
     with megatron_on_cpu():
         mm.init_parallel(mm.Parallelism(), device=torch.device("cpu"))
         yield mm
-    parallel_state.destroy_model_parallel()
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    mm.release_parallel()
 
 
 def tiny_hf(family: str, out: Path):
@@ -107,3 +103,44 @@ def test_torch_and_megatron_backends_skip_weight_decay_on_the_same_parameters(
     for m in param_maps(shape):
         torch_rule = {skips_weight_decay(n, hf_params[n]) for n in m.hf}
         assert torch_rule == {no_decay[m.megatron]}, (m.megatron, m.hf)
+
+
+RELEASE_SCRIPT = """
+import json, os
+import torch
+from kuberl.worker.train import megatron_model as mm
+from kuberl.worker.train.megatron_cpu import megatron_on_cpu
+
+def gloo_threads():
+    names = []
+    for task in os.listdir("/proc/self/task"):
+        try:
+            names.append(open(f"/proc/self/task/{task}/comm").read().strip())
+        except OSError:
+            pass
+    return sorted(n for n in names if "gloo" in n or "tcpstore" in n)
+
+with megatron_on_cpu():
+    mm.init_parallel(mm.Parallelism(), device=torch.device("cpu"))
+    started = gloo_threads()
+    mm.release_parallel()
+print("RESULT " + json.dumps({"started": started, "left": gloo_threads()}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread names from Linux /proc")
+def test_release_parallel_stops_every_gloo_thread_megatron_started(tmp_path: Path) -> None:
+    """megatron-core's own teardown leaves a group alive (its gloo threads then run into interpreter
+    shutdown, where they can crash the process); ``release_parallel`` leaves none. A fresh process, so
+    other tests' groups cannot blur the count, and it must exit cleanly."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", RELEASE_SCRIPT], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    line = next(ln for ln in done.stdout.splitlines() if ln.startswith("RESULT "))
+    threads = json.loads(line.removeprefix("RESULT "))
+    assert any("gloo" in name for name in threads["started"]), threads  # the check sees gloo's threads
+    assert threads["left"] == [], threads
