@@ -104,8 +104,12 @@ def release_parallel(*, default_group: bool = True) -> None:
     megatron-core's ``destroy_model_parallel`` forgets some of its own group globals (0.19: the
     intra-partial data-parallel groups with CP), and a group still referenced keeps gloo's worker threads
     running into interpreter shutdown, where they can crash the process (pytorch/pytorch#190489). So every
-    module global of ``parallel_state`` that still holds a group is dropped as well.
+    module global of ``parallel_state`` that still holds a group is dropped as well, and the rotary
+    embeddings' ``lru_cache``d forwards, which keep every model's rotary module (and its CP group) alive,
+    are cleared.
     """
+    import sys
+
     import torch.distributed as dist
     from megatron.core import parallel_state
 
@@ -113,6 +117,12 @@ def release_parallel(*, default_group: bool = True) -> None:
     for name, value in list(vars(parallel_state).items()):
         if name.startswith("_") and name.isupper() and _holds_group(value):
             setattr(parallel_state, name, None)
+    for module_name, module in list(sys.modules.items()):
+        if module_name.startswith("megatron.core.models.common.embeddings"):
+            for cls in [v for v in vars(module).values() if isinstance(v, type)]:
+                for attr in vars(cls).values():
+                    if isinstance(attr, functools._lru_cache_wrapper):
+                        attr.cache_clear()
     if default_group and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 

@@ -120,9 +120,21 @@ def gloo_threads():
             pass
     return sorted(n for n in names if "gloo" in n or "tcpstore" in n)
 
+from transformers import Qwen2Config, Qwen2ForCausalLM
+from kuberl.worker.train.hf_megatron import ModelShape
+
+Qwen2ForCausalLM(Qwen2Config(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                             num_attention_heads=4, num_key_value_heads=2)).save_pretrained("hf")
 with megatron_on_cpu():
     mm.init_parallel(mm.Parallelism(), device=torch.device("cpu"))
     started = gloo_threads()
+    model = mm.build_gpt_model(ModelShape.from_hf_dir("hf"), mm.Parallelism(), dtype=torch.float32,
+                               use_te=False, device=torch.device("cpu"))
+    causal = torch.ones(5, 5, dtype=torch.bool).triu(1)[None, None]
+    with torch.no_grad():  # fills the rotary embedding's cache, which holds the model's CP group
+        model(input_ids=torch.zeros(1, 5, dtype=torch.long), position_ids=torch.arange(5)[None],
+              attention_mask=causal)
+    del model
     mm.release_parallel()
 print("RESULT " + json.dumps({"started": started, "left": gloo_threads()}))
 """
@@ -130,9 +142,10 @@ print("RESULT " + json.dumps({"started": started, "left": gloo_threads()}))
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread names from Linux /proc")
 def test_release_parallel_stops_every_gloo_thread_megatron_started(tmp_path: Path) -> None:
-    """megatron-core's own teardown leaves a group alive (its gloo threads then run into interpreter
-    shutdown, where they can crash the process); ``release_parallel`` leaves none. A fresh process, so
-    other tests' groups cannot blur the count, and it must exit cleanly."""
+    """megatron-core's own teardown leaves groups alive, through two globals it forgets and the rotary
+    embedding's cached forward (their gloo threads then run into interpreter shutdown, where they can
+    crash the process); ``release_parallel`` leaves none, after a model was built and run. A fresh
+    process, so other tests' groups cannot blur the count, and it must exit cleanly."""
     import json
     import subprocess
     import sys
